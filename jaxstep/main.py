@@ -1,0 +1,71 @@
+"""Command line: `python -m jaxstep.main --config=configs/ppo_prm_max.py [--workdir=...]`.
+
+The config (an ml_collections file, preset after a colon, dotted overrides such as
+`--config.ppo.kl_coef=0.05`) names a `stage`; this module only dispatches to
+`jaxstep.train.<stage>.run(config, workdir)`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file, optionally `path:preset`.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder for checkpoints, metrics and reports "
+    "(default: config.workdir, else runs/<config name>).")
+
+# stage name -> module under jaxstep.train exposing `run(config, workdir)`.
+STAGES = {
+    "sft": "sft",
+    "eval": "evaluate",
+    "orm": "reward_models",
+    "prm": "reward_models",
+    "ppo": "ppo",
+    "pipeline": "pipeline",
+    "sweep": "sweep",
+}
+
+
+def resolve_workdir(config, workdir_flag: str | None) -> str:
+    if workdir_flag:
+        return workdir_flag
+    if "workdir" in config and config.workdir:
+        return config.workdir
+    return os.path.join("runs", config.get("name", config.stage))
+
+
+def dispatch(config, workdir: str):
+    """Runs `config.stage` in `workdir`; returns the stage's summary dict."""
+    stage = config.stage
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r} in config; expected one of {sorted(STAGES)}.")
+    module = importlib.import_module(f"jaxstep.train.{STAGES[stage]}")
+    return module.run(config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/ppo_prm_max.py")
+    logging.getLogger().setLevel(logging.INFO)
+    from jaxstep.parallel import distributed
+    distributed.maybe_initialize(config)
+    workdir = resolve_workdir(config, _WORKDIR.value)
+    os.makedirs(workdir, exist_ok=True)
+    dispatch(config, workdir)
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

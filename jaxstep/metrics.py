@@ -1,0 +1,104 @@
+"""Metrics a researcher can plot: one JSON line per step plus TensorBoard events.
+
+`MetricWriter(workdir)` appends `{"step": s, **metrics}` lines to
+`<workdir>/metrics.jsonl` (flushed per write, so a killed run keeps what it logged)
+and the same scalars to TensorBoard event files under `<workdir>/tb`. Only process 0
+writes; other processes get a writer that does nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _to_scalar(value: Any) -> float | int | None:
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - non-numeric metrics are dropped from TB only
+        return None
+    if arr.size != 1 or arr.dtype.kind not in "biuf":
+        return None
+    item = arr.reshape(()).item()
+    return item
+
+
+class MetricWriter:
+    """Writes scalar metrics as JSON lines and TensorBoard events.
+
+    Args:
+      workdir: run folder; created if missing.
+      filename: JSON-lines file name inside `workdir`.
+      tensorboard: also write TensorBoard event files under `<workdir>/tb/<prefix>`.
+      prefix: TensorBoard subfolder and tag prefix (e.g. "sft", "ppo").
+      enabled: if False (non-zero processes), every call is a no-op.
+    """
+
+    def __init__(self, workdir: str, filename: str = "metrics.jsonl", *,
+                 tensorboard: bool = True, prefix: str = "", enabled: bool | None = None):
+        if enabled is None:
+            import jax
+            enabled = jax.process_index() == 0
+        self.enabled = enabled
+        self.prefix = prefix
+        self.path = os.path.join(workdir, filename)
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tb", prefix) if prefix else os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Logs `metrics` at `step`; non-scalar values go to JSON only."""
+        if not self.enabled:
+            return
+        record: dict[str, Any] = {"step": int(step)}
+        for key, value in metrics.items():
+            scalar = _to_scalar(value)
+            if scalar is None:
+                record[key] = value if isinstance(value, (str, list, dict, bool)) or value is None else str(value)
+                continue
+            if isinstance(scalar, float) and not math.isfinite(scalar):
+                record[key] = str(scalar)  # JSON has no NaN/inf
+            else:
+                record[key] = scalar
+            if self._tb is not None:
+                tag = f"{self.prefix}/{key}" if self.prefix else key
+                self._tb.add_scalar(tag, float(scalar), int(step))
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._file.flush()
+            if self._tb is not None:
+                self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """Reads a metrics.jsonl file back into a list of dicts (for plots and reports)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
