@@ -99,8 +99,94 @@ def distributed_config() -> ml_collections.ConfigDict:
     return d
 
 
+def sft_config() -> ml_collections.ConfigDict:
+    """Stage sft: next-token loss on reference solutions (loss on the solution only)."""
+    s = ml_collections.ConfigDict()
+    s.init_from = ""  # HF folder/hub name to fine-tune; "" = model.hf_path, else the tiny model from scratch
+    s.steps = 1500
+    s.batch_size = 32
+    s.learning_rate = 3e-3
+    s.warmup_steps = 100
+    s.weight_decay = 0.01
+    s.grad_clip = 1.0
+    s.eval_every = 500  # greedy accuracy on a slice of the eval set every N steps (0 = off)
+    s.eval_limit = 100  # problems in that periodic eval
+    s.log_every = 25
+    return s
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """Stage eval: greedy (and optional sampled pass@k) accuracy on the eval sets."""
+    e = ml_collections.ConfigDict()
+    e.model = ""  # HF folder of the policy to evaluate ("" = <workdir>/../sft/export)
+    e.sources = "synthetic"  # comma list: synthetic | gsm8k | math | math500
+    e.limit = 400  # problems per set (0 = all)
+    e.max_new_tokens = 96
+    e.pass_k = 0  # >0: also sample k solutions per problem and report pass@k
+    e.batch_size = 128
+    return e
+
+
+def rm_config() -> ml_collections.ConfigDict:
+    """Stages orm/prm: reward models on a decoder backbone with a scalar head."""
+    r = ml_collections.ConfigDict()
+    r.kind = "prm"  # orm: score at the last token | prm: score at every step end
+    r.generator = ""  # HF folder of the generator that samples training solutions ("" = <workdir>/../sft/export)
+    r.init_from = ""  # backbone init: HF folder ("" = the generator)
+    r.labels = "exact"  # prm labels: exact (synthetic) | prm800k | montecarlo
+    r.loss = "bce"  # prm loss: bce (per step) | bt (Bradley-Terry between rated alternatives)
+    r.prm800k_path = ""  # PRM800K jsonl for labels=prm800k
+    r.neutral_is_positive = True  # PRM800K rating 0 counts as a correct step
+    r.solutions_path = ""  # pre-labelled solutions (e.g. GSM8K example_model_solutions.jsonl) for the ORM
+    r.samples_per_problem = 4  # generator samples per training problem
+    r.num_problems = 500  # training problems to sample from
+    r.mc_samples = 4  # montecarlo: completions per step prefix
+    r.steps = 600
+    r.batch_size = 32
+    r.learning_rate = 1e-3
+    r.warmup_steps = 50
+    r.eval_problems = 100  # held-out problems for AUC and best-of-N
+    r.best_of_n = 8
+    r.log_every = 25
+    return r
+
+
+def ppo_config() -> ml_collections.ConfigDict:
+    """Stage ppo: PPO on reward-model rewards (defaults from the paper's seeds)."""
+    p = ml_collections.ConfigDict()
+    p.policy = ""  # HF folder of the SFT policy ("" = train it in <workdir>/sft first)
+    p.reward_model = ""  # reward-model folder ("" = train it in <workdir>/<rm.kind> first)
+    p.scheme = "prm_max"  # orm | prm_avg | prm_prod | prm_min | prm_max | prm_dense | clip | delta | clip_delta
+    p.alpha = 1.0  # weight on the process (reward-model) part
+    p.eta = 0.8  # Clip threshold
+    p.success_coef = 1.0  # weight of the 0/1 final-answer success reward (0 = off)
+    p.kl_coef = 0.1  # beta
+    p.kl_estimator = "k1"  # k1: in the reward | k3: as a loss term
+    p.adaptive_kl = False
+    p.target_kl = 6.0
+    p.kl_horizon = 10000
+    p.clip_eps = 0.2
+    p.value_clip = 0.2
+    p.vf_coef = 0.5
+    p.entropy_coef = 0.0
+    p.gamma = 1.0
+    p.lam = 0.95
+    p.whiten_advantages = True
+    p.normalize_rewards = False
+    p.steps = 40  # PPO iterations (rollout + update)
+    p.rollout_batch = 64  # prompts per iteration
+    p.epochs = 1
+    p.minibatches = 2
+    p.learning_rate = 1e-5
+    p.critic_learning_rate = 1e-4
+    p.critic_init = "reward_model"  # reward_model | policy
+    p.eval_every = 0  # eval during PPO every N steps (0 = only at the end)
+    p.log_every = 1
+    return p
+
+
 def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
-    """Fields every stage reads."""
+    """Fields every stage reads, plus every stage's section (the chain runs them all)."""
     c = ml_collections.ConfigDict()
     c.name = name  # run name; the default workdir is runs/<name>
     c.stage = stage  # sft | eval | orm | prm | ppo | pipeline | sweep
@@ -112,4 +198,8 @@ def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     c.checkpoint = checkpoint_config()
     c.sampler = sampler_config()
     c.distributed = distributed_config()
+    c.sft = sft_config()
+    c.eval = eval_config()
+    c.rm = rm_config()
+    c.ppo = ppo_config()
     return c
