@@ -1,0 +1,112 @@
+"""Tokenizers: a tiny BPE trained on the synthetic corpus, or any HF tokenizer folder.
+
+The tiny tokenizer (built with `tokenizers`, wrapped as a
+`transformers.PreTrainedTokenizerFast`, so a model exported with its
+tokenizer.json loads in transformers):
+  * digits are single tokens ("▁1" for a digit after a space, "1" otherwise), so
+    numbers are spelled digit by digit and arithmetic stays learnable;
+  * "\\n" is always its own token (the default step delimiter);
+  * spaces become "▁" (Metaspace) and decode back exactly;
+  * digits, arithmetic signs and punctuation are always in the vocabulary; other
+    characters only if the corpus has them (else <unk>: use an HF tokenizer for
+    real-world text);
+  * special tokens: <pad>=0, <bos>=1, <eos>=2, <unk>=3.
+Training is deterministic: the same corpus and vocab size give the same tokenizer.
+"""
+from __future__ import annotations
+
+import os
+import string
+from typing import Any, Iterable
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+TOKENIZER_FILE = "tokenizer.json"
+_SPACE = "\u2581"  # "▁"
+# Always in the vocabulary, whatever the corpus: digits, arithmetic and punctuation.
+_ALPHABET = sorted(set(string.digits + "+-*/=#.,:;?!$%()") | {_SPACE, "\n"})
+
+
+def _blank_tokenizer() -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="never", split=True),
+        # One token per digit; a digit keeps the "▁" of the space before it.
+        pre_tokenizers.Split(tokenizers.Regex(_SPACE + r"?\d"), behavior="isolated"),
+    ])
+    tok.decoder = decoders.Metaspace(replacement=_SPACE, prepend_scheme="never", split=True)
+    return tok
+
+
+def as_hf(tok: tokenizers.Tokenizer) -> PreTrainedTokenizerFast:
+    """Wraps a `tokenizers.Tokenizer` with our special tokens as a transformers tokenizer."""
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS,
+                                   eos_token=EOS, unk_token=UNK)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 256) -> PreTrainedTokenizerFast:
+    """Trains the tiny BPE on `texts` (see the module docstring)."""
+    if vocab_size < len(SPECIAL_TOKENS) + len(_ALPHABET):
+        raise ValueError(f"vocab_size must be at least {len(SPECIAL_TOKENS) + len(_ALPHABET)}, got {vocab_size}")
+    tok = _blank_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=_ALPHABET, show_progress=False)
+    tok.train_from_iterator(list(texts), trainer)
+    return as_hf(tok)
+
+
+def synthetic_corpus(num_problems: int = 5000, *, seed: int = 0, delimiter: str = "\n",
+                     **difficulty: Any) -> list[str]:
+    """Prompt + rendered solution of `num_problems` synthetic train problems."""
+    from jaxstep.data import formatting, synthetic  # noqa: PLC0415
+
+    problems = synthetic.generate(num_problems, split="train", seed=seed, **difficulty)
+    return [formatting.format_prompt(p) + formatting.render_solution(p.steps, p.answer, delimiter)
+            for p in problems]
+
+
+def build_tokenizer(vocab_size: int = 256, *, num_problems: int = 5000, seed: int = 0,
+                    delimiter: str = "\n", **difficulty: Any) -> PreTrainedTokenizerFast:
+    """The tiny tokenizer trained on the synthetic corpus (deterministic in its arguments)."""
+    return train_tokenizer(synthetic_corpus(num_problems, seed=seed, delimiter=delimiter, **difficulty),
+                           vocab_size)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> str:
+    """Saves tokenizer.json (+ the transformers config files) into `folder`; returns the folder."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """A tokenizer from a tokenizer.json file or an HF tokenizer folder (local files only)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        tok = as_hf(tokenizers.Tokenizer.from_file(path))
+        return tok
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer {path!r}: no such file or folder")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def get_tokenizer(spec: str = "", *, vocab_size: int = 256, **kw: Any) -> PreTrainedTokenizerBase:
+    """`spec` = "" builds the tiny synthetic tokenizer; otherwise `load_tokenizer(spec)`."""
+    if not spec:
+        return build_tokenizer(vocab_size, **kw)
+    return load_tokenizer(spec)
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """pad/bos/eos ids; pad falls back to eos when a tokenizer has no pad token (e.g. Llama)."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise ValueError("tokenizer has neither a pad nor an eos token")
+    return {"pad": pad, "bos": tokenizer.bos_token_id, "eos": eos}
