@@ -1,0 +1,377 @@
+"""`Decoder`: one flax.linen causal LM for the Llama/Qwen2 family and OPT.
+
+    model = Decoder(config)
+    logits = model.apply({"params": params}, input_ids, attention_mask=None, positions=None)
+    logits, cache = model.apply({"params": params}, ids, attention_mask=m, cache=cache,
+                                cache_index=i)
+
+Inputs may be left- or right-padded: `attention_mask` `[batch, time]` is 1 on real
+tokens. Without `positions`, positions are derived from the mask (cumsum - 1, as
+transformers does), so a left-padded prompt starts at position 0.
+
+KV cache (for the sampler): `init_cache(config, batch, max_len)` returns
+`{"mask": bool[batch, max_len], "layers": [{"k", "v"}: [batch, kv_heads, max_len, head_dim]]}`.
+A call with `cache=` writes its keys/values and mask at slots `[cache_index,
+cache_index + time)` and attends over every valid slot up to the query's own slot, so
+prefill writes `[0, T)` and each decode step one slot. The `[batch, kv_heads, slot,
+head_dim]` layout makes a decode step's attention two contiguous batched matmuls per
+KV head with no transpose of the cache.
+
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`) and activations logical constraints (`batch`, `length`, `embed`);
+`jaxstep.parallel.rules` maps them to mesh axes. Every computation runs in
+`config.dtype`; norms, softmax and logits in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstep.models.config import ModelConfig
+
+Array = jax.Array
+Cache = dict[str, Any]
+
+_INIT_STD = 0.02
+
+
+def _init(axes, std: float = _INIT_STD):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _zeros(axes):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def _constrain(x: Array, axes: tuple) -> Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
+    """Preallocated KV cache of `max_len` slots per sample (zeros, all slots invalid).
+
+    Returns `{"mask": bool[batch, max_len], "layers": [{"k": ..., "v": ...}] * num_layers}`
+    with `k`, `v` of shape `[batch, kv_heads, max_len, head_dim]` in `dtype`
+    (default: the compute dtype).
+    """
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (batch, config.num_kv_heads, max_len, config.head_size)
+    layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+              for _ in range(config.num_layers)]
+    return {"mask": jnp.zeros((batch, max_len), bool), "layers": layers}
+
+
+def cache_logical_axes(config: ModelConfig) -> Cache:
+    """Logical axis names of the cache pytree (for sharding it like activations)."""
+    kv = ("batch", "kv_heads", "length", "head_dim")
+    return {"mask": ("batch", "length"),
+            "layers": [{"k": kv, "v": kv} for _ in range(config.num_layers)]}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def derive_positions(mask: Array, is_opt: bool) -> Array:
+    """Position ids from a `[batch, time]` 0/1 mask: cumsum - 1 on real tokens.
+
+    Padding gets -1 for OPT (table row 1 after the offset, as transformers) and 0
+    otherwise; padded positions only feed padded outputs.
+    """
+    mask = mask.astype(jnp.int32)
+    pos = jnp.cumsum(mask, axis=-1) - 1
+    return pos * mask - (1 - mask) if is_opt else jnp.maximum(pos, 0)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """`[head_dim // 2]` float32 inverse frequencies, incl. linear and llama3 scaling."""
+    dim = config.head_size
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = inv_freq.astype(np.float32)
+    scaling = config.rope_scaling_dict
+    rope_type = scaling.get("rope_type", "default")
+    if rope_type == "linear":
+        inv_freq = inv_freq / np.float32(scaling["factor"])
+    elif rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotates `x` `[batch, time, heads, head_dim]` by `positions` `[batch, time]` (HF rotate_half)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, HF style (scale applied after the cast back)."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+    axis_name: str | None = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", _ones((self.axis_name,)), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm (scale and bias) computed in float32."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        scale = self.param("scale", _ones(("embed",)), (features,), self.param_dtype)
+        bias = self.param("bias", _zeros(("embed",)), (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def _norm(config: ModelConfig, name: str) -> nn.Module:
+    if config.is_opt:
+        return LayerNorm(config.norm_eps, config.compute_dtype, config.params_dtype, name=name)
+    return RMSNorm(config.norm_eps, config.compute_dtype, config.params_dtype, name=name)
+
+
+def _dense(features, axes, use_bias: bool, config: ModelConfig, name: str, axis=-1):
+    features = features if isinstance(features, tuple) else (features,)
+    return nn.DenseGeneral(
+        features=features, axis=axis, use_bias=use_bias,
+        dtype=config.compute_dtype, param_dtype=config.params_dtype,
+        kernel_init=_init(axes),
+        bias_init=_zeros(axes[-len(features):]),
+        name=name)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class Attention(nn.Module):
+    """Multi-head attention with GQA, RoPE (Llama family) and an optional KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, kv_mask: Array, query_slots: Array,
+                 layer_cache: dict | None, cache_index) -> tuple[Array, dict | None]:
+        """x `[B, T, embed]`; kv_mask `[B, S]` valid key slots; query_slots `[T]` the
+        slot of each query (keys at later slots are masked)."""
+        cfg = self.config
+        H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
+        qkv_bias = cfg.enable_bias if cfg.is_opt else cfg.attention_bias
+        out_bias = cfg.enable_bias if cfg.is_opt else cfg.attention_out_bias
+        q = _dense((H, D), ("embed", "heads", "head_dim"), qkv_bias, cfg, "q_proj")(x)
+        k = _dense((K, D), ("embed", "kv_heads", "head_dim"), qkv_bias, cfg, "k_proj")(x)
+        v = _dense((K, D), ("embed", "kv_heads", "head_dim"), qkv_bias, cfg, "v_proj")(x)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, "head_dim", name="k_norm")(k)
+        if not cfg.is_opt:
+            inv_freq = rope_inv_freq(cfg)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        q = _constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = k.transpose(0, 2, 1, 3)  # [B, K, T, D]: cache layout
+        v = v.transpose(0, 2, 1, 3)
+        if layer_cache is not None:
+            start = (0, 0, cache_index, 0)
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+            layer_cache = {"k": k, "v": v}
+            k, v = k.astype(cfg.compute_dtype), v.astype(cfg.compute_dtype)
+
+        B, T = x.shape[:2]
+        S = k.shape[2]
+        qg = q.reshape(B, T, K, H // K, D)  # head h uses kv head h // (H // K), as repeat_kv
+        scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
+        scores = scores * (D ** -0.5)
+        key_slots = jnp.arange(S)
+        allowed = key_slots[None, :] <= query_slots[:, None]  # [T, S] causal
+        if cfg.sliding_window:
+            allowed &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
+        allowed = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, H, D)
+        out = _constrain(out, ("batch", "length", "heads", "head_dim"))
+        out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), out_bias, cfg, "o_proj",
+                     axis=(-2, -1))(out)
+        return out, layer_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU (Llama family) or a plain ReLU/GELU MLP (OPT)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        bias = cfg.enable_bias if cfg.is_opt else cfg.mlp_bias
+        up = _dense(cfg.intermediate_size, ("embed", "mlp"), bias, cfg, "up_proj")(x)
+        if cfg.gated_mlp:
+            gate = _dense(cfg.intermediate_size, ("embed", "mlp"), bias, cfg, "gate_proj")(x)
+            h = jax.nn.silu(gate) * up
+        elif cfg.activation == "relu":
+            h = jax.nn.relu(up)
+        else:
+            h = jax.nn.gelu(up, approximate=False)
+        h = _constrain(h, ("batch", "length", "mlp"))
+        return _dense(cfg.hidden_size, ("mlp", "embed"), bias, cfg, "down_proj")(h)
+
+
+class Block(nn.Module):
+    """One decoder layer: pre-norm residual blocks (OPT may put the norms after)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, kv_mask, query_slots, layer_cache, cache_index):
+        cfg = self.config
+        post_norm = cfg.is_opt and not cfg.do_layer_norm_before
+        attn_norm, mlp_norm = _norm(cfg, "attn_norm"), _norm(cfg, "mlp_norm")
+        h = x if post_norm else attn_norm(x)
+        h, layer_cache = Attention(cfg, name="attn")(h, positions, kv_mask, query_slots,
+                                                     layer_cache, cache_index)
+        x = x + h
+        if post_norm:
+            x = attn_norm(x)
+        h = MLP(cfg, name="mlp")(x if post_norm else mlp_norm(x))
+        x = x + h
+        if post_norm:
+            x = mlp_norm(x)
+        return _constrain(x, ("batch", "length", "embed")), layer_cache
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+class Decoder(nn.Module):
+    """Causal LM. See the module docstring for the call contract.
+
+    Attributes:
+      config: the architecture.
+      remat: rematerialise each layer in the backward pass (saves activation memory).
+    """
+
+    config: ModelConfig
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None, cache: Cache | None = None,
+                 cache_index: Array | int | None = None, *, return_hidden: bool = False,
+                 lm_head: bool = True):
+        """Runs the decoder.
+
+        Args:
+          input_ids: `[batch, time]` int token ids.
+          attention_mask: `[batch, time]` 1 on real tokens (None = all real).
+          positions: `[batch, time]` position ids (None = derived from the mask; with a
+            cache, from the cache's mask including this call's tokens).
+          cache: from `init_cache`; then `cache_index` (int or traced scalar) is the
+            first slot this call writes.
+          return_hidden: also return the final hidden states `[batch, time, embed_dim]`.
+          lm_head: False skips the LM head and returns the hidden states only.
+
+        Returns:
+          logits `[batch, time, vocab]` float32 (or `(logits, hidden)` with
+          `return_hidden`, or `hidden` with `lm_head=False`); with a cache,
+          `(that, new_cache)`.
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        mask = (jnp.ones((B, T), bool) if attention_mask is None
+                else attention_mask.astype(bool))
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("Decoder: cache_index is required with a cache.")
+            kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, cache_index))
+            query_slots = cache_index + jnp.arange(T)
+            if positions is None:
+                all_pos = derive_positions(kv_mask, cfg.is_opt)
+                positions = jax.lax.dynamic_slice(all_pos, (0, cache_index), (B, T))
+        else:
+            kv_mask = mask
+            query_slots = jnp.arange(T)
+            if positions is None:
+                positions = (derive_positions(mask, cfg.is_opt) if attention_mask is not None
+                             else jnp.broadcast_to(jnp.arange(T), (B, T)))
+
+        embed = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype,
+                         param_dtype=cfg.params_dtype,
+                         embedding_init=_init(("vocab", "embed")), name="embed")
+        x = embed(input_ids)
+        if cfg.is_opt:
+            if cfg.embed_dim != cfg.hidden_size:
+                x = _dense(cfg.hidden_size, (None, "embed"), False, cfg, "project_in")(x)
+            pos_embed = self.param("pos_embed", _init((None, "embed")),
+                                   (cfg.max_position_embeddings + 2, cfg.hidden_size),
+                                   cfg.params_dtype)
+            x = x + jnp.take(pos_embed, positions + 2, axis=0).astype(cfg.compute_dtype)
+        x = _constrain(x, ("batch", "length", "embed"))
+
+        block_cls = nn.remat(Block) if self.remat else Block
+        new_layers = []
+        for i in range(cfg.num_layers):
+            layer_cache = cache["layers"][i] if cache is not None else None
+            x, layer_cache = block_cls(cfg, name=f"layers_{i}")(
+                x, positions, kv_mask, query_slots, layer_cache, cache_index)
+            new_layers.append(layer_cache)
+
+        if not cfg.is_opt or (cfg.do_layer_norm_before and not cfg.remove_final_layer_norm):
+            x = _norm(cfg, "final_norm")(x)
+        if cfg.is_opt and cfg.embed_dim != cfg.hidden_size:
+            x = _dense(cfg.embed_dim, ("embed", None), False, cfg, "project_out")(x)
+        hidden = x
+
+        if not lm_head:
+            out = hidden
+        else:
+            if cfg.tie_word_embeddings:
+                kernel = embed.embedding.T
+            else:
+                kernel = self.param("lm_head", _init(("embed", "vocab")),
+                                    (cfg.embed_dim, cfg.vocab_size), cfg.params_dtype)
+            logits = jnp.einsum("bte,ev->btv", hidden, kernel.astype(cfg.compute_dtype),
+                                preferred_element_type=jnp.float32)
+            logits = _constrain(logits, ("batch", "length", "vocab"))
+            out = (logits, hidden) if return_hidden else logits
+        if cache is not None:
+            return out, {"mask": kv_mask, "layers": new_layers}
+        return out
