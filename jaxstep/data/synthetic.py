@@ -88,6 +88,16 @@ class Difficulty:
         if unknown or not self.templates:
             raise ValueError(f"templates must be a non-empty subset of {TEMPLATES}, got {self.templates}")
         object.__setattr__(self, "templates", tuple(self.templates))
+        if not self.usable_templates():
+            raise ValueError(f"no template in {self.templates} works with ops={self.ops!r} "
+                             "(price needs '+-*', compare needs one of '+-*')")
+
+    def usable_templates(self) -> tuple[str, ...]:
+        """The allowed templates that can be built with the allowed ops."""
+        needs = {"chain": set(), "compare": None, "price": set("+-*")}
+        ops = set(self.ops)
+        return tuple(t for t in self.templates
+                     if (ops & set("+-*") if needs[t] is None else needs[t] <= ops))
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -264,24 +274,25 @@ def _and_list(parts: list[str]) -> str:
 _BUILDERS = {"chain": _chain, "compare": _compare, "price": _price}
 
 
-def _well_formed(question: str, steps: list[_Step]) -> bool:
-    """Intermediate values distinct from each other and from every given number."""
+def _well_formed(question: str, steps: list[_Step], d: Difficulty) -> bool:
+    """Intermediate values in [0, max_result], distinct from each other and from every given."""
     givens = {int(x) for x in re.findall(r"\d+", question)}
     results = [s.c for s in steps]
-    return len(set(results)) == len(results) and not givens & set(results) and min(results) >= 0
+    return (len(set(results)) == len(results) and not givens & set(results)
+            and 0 <= min(results) and max(results) <= d.max_result)
 
 
 def sample_problem(rng: np.random.Generator, difficulty: Difficulty = Difficulty()) -> Problem:
     """One random problem (any split). Retries until the guarantees above hold."""
     k = _int(rng, difficulty.min_steps, difficulty.max_steps)
-    template = _pick(rng, difficulty.templates)
+    template = _pick(rng, difficulty.usable_templates())
     for _ in range(1000):
         # Retry the same (template, steps) so that the mix stays uniform.
         built = _BUILDERS[template](rng, k, difficulty)
         if built is None:
             continue
         question, steps = built
-        if not _well_formed(question, steps):
+        if not _well_formed(question, steps, difficulty):
             continue
         digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
         return Problem(question, tuple(s.text() for s in steps), str(steps[-1].c), "synthetic",
