@@ -168,14 +168,40 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
     return RMSNorm(config.norm_eps, config.compute_dtype, config.params_dtype, name=name)
 
 
-def _dense(features, axes, use_bias: bool, config: ModelConfig, name: str, axis=-1):
+class Linear(nn.Module):
+    """`y = x @ kernel (+ bias)` contracting the last `len(in_axes)` dims of x.
+
+    The kernel `[*in_shape, *features]` is created at its full shape with logical
+    `axes` (flax's DenseGeneral initialises a flattened kernel, which breaks logical
+    sharding constraints under a mesh).
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    num_in: int
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_shape = x.shape[x.ndim - self.num_in:]
+        kernel = self.param("kernel", _init(self.axes), (*in_shape, *self.features),
+                            self.param_dtype)
+        contract = tuple(range(x.ndim - self.num_in, x.ndim))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((contract, tuple(range(self.num_in))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", _zeros(self.axes[self.num_in:]), self.features,
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def _dense(features, axes, use_bias: bool, config: ModelConfig, name: str, num_in: int = 1):
     features = features if isinstance(features, tuple) else (features,)
-    return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=use_bias,
-        dtype=config.compute_dtype, param_dtype=config.params_dtype,
-        kernel_init=_init(axes),
-        bias_init=_zeros(axes[-len(features):]),
-        name=name)
+    return Linear(features, axes, num_in, use_bias, config.compute_dtype, config.params_dtype,
+                  name=name)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -230,7 +256,7 @@ class Attention(nn.Module):
         out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, H, D)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), out_bias, cfg, "o_proj",
-                     axis=(-2, -1))(out)
+                     num_in=2)(out)
         return out, layer_cache
 
 
