@@ -172,10 +172,38 @@ def _math_verify():
     return math_verify
 
 
+_BIG_OPS_RE = re.compile(r"(?<!\\)!|\\[dt]?binom|\\choose|\\Gamma|\\sum|\\prod|\\int|\\lim")
+_RISKY_RES = (
+    re.compile(r"\^\s*\{?\s*[-+]?\d{6,}"),  # 2^{1000000}
+    re.compile(r"\^\s*\{[^{}]*\^"),  # 2^{2^{100}}
+    re.compile(r"\^\s*(?:\w+|\{[^{}]*\})\s*\^"),  # 2^3^4, 2^{3}^{4}
+    re.compile(r"\d{5,}"),  # only with _BIG_OPS_RE: 99999!, \binom{12345}{67}
+)
+
+
+_EXPONENT_RE = re.compile(r"\^\s*\{?\s*[-+]?(\d+)")
+_COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
+_VARIABLE_RE = re.compile(r"[a-zA-Z]")
+
+
 def _risky(s: str) -> bool:
-    """Inputs that can make sympy run for minutes (there is no timeout)."""
-    return (len(s) > 300 or re.search(r"\^\s*\{?\s*[-+]?\d{3,}", s) is not None
-            or re.search(r"\^[^^]*\^", s) is not None or re.search(r"\d{3,}\s*!", s) is not None)
+    """Inputs that can make sympy run for minutes (math_verify runs without a timeout).
+
+    Long strings, huge or nested exponents, high powers of expressions with
+    variables, and factorials/binomials/sums/products of anything but small literal
+    integers (`(10^{9})!` never returns).
+    """
+    if len(s) > 300 or any(r.search(s) for r in _RISKY_RES[:3]):
+        return True
+    exponents = [int(e) for e in _EXPONENT_RE.findall(s)]
+    if exponents and max(exponents) > 100 and _VARIABLE_RE.search(_COMMAND_RE.sub("", s)):
+        return True  # (x+1)^{2000}: sympy expands for minutes
+    if exponents and max(exponents) > 20000:
+        return True
+    if _BIG_OPS_RE.search(s):
+        return "^" in s or len(re.findall(r"(?<!\\)!", s)) > 1 or _RISKY_RES[3].search(s) is not None or \
+            re.search(r"\\(?:sum|prod|int|lim)", s) is not None
+    return False
 
 
 @functools.lru_cache(maxsize=65536)

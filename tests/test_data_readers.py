@@ -1,0 +1,176 @@
+"""Readers on the real files, local paths, step splitting, and malformed input."""
+import json
+import logging
+import sys
+
+import pytest
+
+from jaxstep.data import DataError, Problem, load, save_jsonl, steps
+
+
+# ---------------------------------------------------------------- real files
+
+def test_gsm8k(shared_data):
+    test = load("gsm8k", "test", data_dir=shared_data)
+    assert len(test) == 1319 and test.skipped == 0
+    first = test[0]
+    assert first.steps == ("Janet sells 16 - 3 - 4 = 9 duck eggs a day.",
+                           "She makes 9 * 2 = $18 every day at the farmer\u2019s market.")
+    assert first.answer == "18" and first.source == "gsm8k" and first.id == "gsm8k/test/0"
+    assert all("<<" not in s for p in test for s in p.steps)
+    assert all("," not in p.answer and int(p.answer) == int(p.answer) for p in test)
+    assert sum(p.answer.startswith("-") for p in test) == 2
+    kept = load("gsm8k", "test", data_dir=shared_data, keep_calculator=True, limit=5)
+    assert len(kept) == 5 and "<<16-3-4=9>>" in kept[0].steps[0]
+    assert len(load("gsm8k", "train", data_dir=shared_data)) == 7473
+
+
+def test_math_and_math500(shared_data):
+    test = load("math", "test", data_dir=shared_data)
+    assert len(test) == 5000
+    assert [sum(p.level == k for p in test) for k in range(1, 6)] == [437, 894, 1131, 1214, 1324]
+    assert sum(p.subject == "Algebra" for p in test) == 1187
+    assert test[2].answer == "\\dfrac{9}{7}" and test[0].id == "math/test/0"
+    math500 = load("math500", "test", data_dir=shared_data)
+    assert len(math500) == 500
+    assert [sum(p.level == k for p in math500) for k in range(1, 6)] == [43, 90, 105, 128, 134]
+    raw = [json.loads(line) for line in (shared_data / "math" / "math500_test.jsonl").read_text().splitlines()]
+    for problem, record in zip(math500, raw):
+        assert problem.answer == record["answer"] == steps.last_boxed(record["solution"])
+        assert problem.id == record["unique_id"] and problem.source == "math500"
+        assert problem.steps and all(s.strip() and "\n" not in s for s in problem.steps)
+
+
+def test_math_train_has_two_empty_boxed_answers(shared_data):
+    with pytest.raises(DataError, match=r"train\.jsonl:5530: .*\\boxed\{\} .* is empty"):
+        load("math", "train", data_dir=shared_data)
+    train = load("math", "train", data_dir=shared_data, skip_bad_records=True)
+    assert len(train) == 7498 and train.skipped == 2
+    assert [e.line for e in train.errors] == [5530, 5532]
+    assert sum(p.level is None for p in train) == 2  # "Level ?"
+
+
+def test_data_dir_from_environment(shared_data, monkeypatch):
+    monkeypatch.setenv("JAXSTEP_DATA_DIR", str(shared_data))
+    assert len(load("math500", "test", limit=3)) == 3
+    monkeypatch.delenv("JAXSTEP_DATA_DIR")
+    with pytest.raises(FileNotFoundError, match="JAXSTEP_DATA_DIR"):
+        load("gsm8k", "test")
+    with pytest.raises(ValueError, match="splits"):
+        load("math500", "train", data_dir=shared_data)
+
+
+def test_local_files_and_folders(shared_data, tmp_path):
+    # A GSM8K file by path, and a folder holding {split}.jsonl.
+    assert load(str(shared_data / "gsm8k" / "test.jsonl"), "test", limit=2)[1].answer == "3"
+    assert len(load(str(shared_data / "gsm8k"), "test", limit=4)) == 4
+    # The original MATH layout: one pretty-printed JSON file per problem, sparse numbering.
+    folder = tmp_path / "MATH" / "train" / "algebra"
+    folder.mkdir(parents=True)
+    for n in (10, 2):
+        record = {"problem": f"What is {n}+1?", "level": "Level 1", "type": "Algebra",
+                  "solution": f"We add.\n\nSo it is $\\boxed{{{n + 1}}}$."}
+        (folder / f"{n}.json").write_text(json.dumps(record, indent=4))
+    problems = load(str(tmp_path / "MATH"), "train")
+    assert [p.answer for p in problems] == ["3", "11"]  # natural file order: 2.json, 10.json
+    assert problems[0].steps == ("We add.", "So it is $\\boxed{3}$.") and problems[0].level == 1
+    # Our own format round-trips, synthetic problems included.
+    mine = load("synthetic", "test", limit=5) + [Problem("q?", ("a",), "1", "custom", None, None, "c/0")]
+    save_jsonl(mine, tmp_path / "mine.jsonl")
+    assert list(load(str(tmp_path / "mine.jsonl"), "test")) == mine
+    # PRM800K records load as Problems (the screening question has no answer).
+    prm = load(str(shared_data / "prm800k"), "test", skip_bad_records=True)
+    assert len(prm) == 15 and prm.skipped == 1 and prm[0].answer == "29"
+
+
+def test_math_sentence_splitting_rule():
+    solution = ("Note that $x = 2.$ Then $y = x + 1 = 3$. We get e.g. the value 3.5 here. "
+                "1. First, look. The set $\\{1, 2. 3\\}$ is fine!\n\n"
+                "[asy]\ndraw((0,0)--(1,1));\nlabel(\"A. B\", (0,0));\n[/asy]\n\n"
+                "Finally,\n\\[\nz = 4.\n\\] So the answer is $\\boxed{4}$.")
+    assert steps.split_math(solution) == [
+        "Note that $x = 2.$",
+        "Then $y = x + 1 = 3$.",
+        "We get e.g. the value 3.5 here.",
+        "1. First, look.",
+        "The set $\\{1, 2. 3\\}$ is fine!",
+        "[asy] draw((0,0)--(1,1)); label(\"A. B\", (0,0)); [/asy]",
+        "Finally, \\[ z = 4. \\]",
+        "So the answer is $\\boxed{4}$.",
+    ]
+    assert len(steps.split_math(solution, mode="paragraphs")) == 3
+    with pytest.raises(ValueError):
+        steps.split_math(solution, mode="words")
+
+
+def test_optional_sources_fail_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if the extra is missing
+    with pytest.raises(ImportError, match=r"jaxstep\[tfds\]"):
+        load("tfds:gsm8k", "test")
+    with pytest.raises(ValueError, match="unknown data source"):
+        load("no-such-dataset", "test")
+    with pytest.raises(TypeError, match="unexpected"):
+        load("gsm8k", "test", colour="red")
+
+
+# ---------------------------------------------------------------- malformed input
+
+GOOD = json.dumps({"question": "Q?", "answer": "2+2=4\n#### 4"})
+BAD_RECORDS = {
+    "invalid_json": (b'{"question": "Q?", "answer": ', r"invalid JSON"),
+    "not_an_object": (b'["question", "answer"]', r"expected a JSON object"),
+    "missing_field": (json.dumps({"question": "Q?", "solution": "x"}).encode(), r"unrecognised record"),
+    "missing_problem": (json.dumps({"solution": "so \\boxed{3}", "answer": "3"}).encode(), r"unrecognised record"),
+    "wrong_type": (json.dumps({"question": "Q?", "answer": 4}).encode(), r"field 'answer' should be str, got int"),
+    "wrong_level": (json.dumps({"problem": "P", "solution": "\\boxed{1}", "level": [1]}).encode(), r"field 'level'"),
+    "bad_encoding": (b'{"question": "Q\xff\xfe?", "answer": "#### 4"}', r"not valid UTF-8"),
+    "empty_solution": (json.dumps({"question": "Q?", "answer": "#### 4"}).encode(), r"empty solution"),
+    "empty_math_solution": (json.dumps({"problem": "P", "solution": "  ", "answer": "1"}).encode(), r"empty solution"),
+    "no_answer": (json.dumps({"question": "Q?", "answer": "2+2=4"}).encode(), r"no final answer"),
+    "no_boxed": (json.dumps({"problem": "P", "solution": "It is 4."}).encode(), r"no final answer"),
+    "empty_question": (json.dumps({"question": " ", "answer": "1\n#### 1"}).encode(), r"'question' is empty"),
+    "empty_steps_list": (json.dumps({"question": "Q", "steps": [], "answer": "1"}).encode(), r"empty solution"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_bad_record_raises_with_file_and_line(tmp_path, name):
+    content, message = BAD_RECORDS[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n\n" + content + b"\n" + GOOD.encode() + b"\n")
+    with pytest.raises(DataError, match=message) as info:
+        load(str(path), "test")
+    assert info.value.path == str(path) and info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3: ")
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_bad_record_skipped_counted_and_logged(tmp_path, name, caplog):
+    content, _ = BAD_RECORDS[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + content + b"\n" + GOOD.encode() + b"\n")
+    with caplog.at_level(logging.WARNING):
+        problems = load(str(path), "test", skip_bad_records=True)
+    assert len(problems) == 2 and problems.skipped == 1
+    assert problems.errors[0].line == 2
+    assert "skipped 1 bad record" in caplog.text and f"{path}:2" in caplog.text
+
+
+def test_bad_whole_json_files(tmp_path):
+    broken = tmp_path / "one.json"
+    broken.write_text('{\n  "problem": "P",\n  "solution": \n}')
+    with pytest.raises(DataError, match=r"one\.json:4: invalid JSON"):
+        load(str(broken), "train")
+    concatenated = tmp_path / "many.json"
+    record = {"question": "Q?", "answer": "1+1=2\n#### 2"}
+    concatenated.write_text(json.dumps(record, indent=2) + "\n" + json.dumps(record, indent=2))
+    assert len(load(str(concatenated), "train")) == 2
+    undecodable = tmp_path / "bytes.json"
+    undecodable.write_bytes(b'{"question": "\xff"}')
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load(str(undecodable), "train")
+    assert load(str(tmp_path), "train", skip_bad_records=True).skipped == 2
+    missing = tmp_path / "nothing-here"
+    missing.mkdir()
+    with pytest.raises(FileNotFoundError):
+        load(str(missing), "train")
