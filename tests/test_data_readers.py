@@ -103,6 +103,27 @@ def test_math_sentence_splitting_rule():
         steps.split_math(solution, mode="words")
 
 
+def test_hf_source_through_datasets(shared_data, tmp_path):
+    # The "json" builder ships with `datasets`, so this needs no network.
+    files = {"test": str(shared_data / "math" / "math500_test.jsonl")}
+    problems = load("hf:json", "test", limit=4, hf_kwargs={"data_files": files, "cache_dir": str(tmp_path)})
+    expected = load("math500", "test", data_dir=shared_data, limit=4)
+    assert [(p.question, p.answer, p.steps, p.level) for p in problems] == \
+        [(p.question, p.answer, p.steps, p.level) for p in expected]
+
+
+def test_tfds_source_with_array_record_data_source(monkeypatch):
+    class FakeTfds:  # tfds.data_source returns a random-access source of dicts of bytes
+        @staticmethod
+        def data_source(name, split, data_dir=None):
+            assert (name, split) == ("gsm8k", "test")
+            return [{"question": b"Q?", "answer": b"1+1=2\n#### 2"}] * 3
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", FakeTfds)
+    problems = load("tfds:gsm8k", "test")
+    assert len(problems) == 3 and problems[0].answer == "2" and problems[0].steps == ("1+1=2",)
+
+
 def test_optional_sources_fail_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if the extra is missing
     with pytest.raises(ImportError, match=r"jaxstep\[tfds\]"):

@@ -59,7 +59,8 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
       skip_bad_records: skip malformed records (counted in `.skipped`, logged)
         instead of raising `DataError` on the first one.
       **kw: data_dir (real sets / tfds); keep_calculator (GSM8K annotations, default
-        False); math_steps ("sentences" | "paragraphs"); hf_config (hub config name);
+        False); math_steps ("sentences" | "paragraphs"); hf_config (hub config name,
+        e.g. "main" for hf:openai/gsm8k); hf_kwargs (more `datasets.load_dataset` args);
         synthetic: seed, num_problems, min_steps, max_steps, max_value, ops, ...
         (see `jaxstep.data.synthetic.generate`).
 
@@ -79,7 +80,7 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
     data_dir = kw.pop("data_dir", None)
     policy = ErrorPolicy(skip_bad_records)
     if source.startswith("hf:"):
-        rows = _hf_rows(source[3:], split, kw.pop("hf_config", None))
+        rows = _hf_rows(source[3:], split, kw.pop("hf_config", None), kw.pop("hf_kwargs", None))
         _no_extra(kw, source)
         items = _convert(rows, source, split, policy, name=source[3:], **parse_kw)
     elif source.startswith("tfds:"):
@@ -145,12 +146,12 @@ def _file_rows(files: Iterable[str], policy: ErrorPolicy) -> Iterator[tuple[str,
             yield path, line, record
 
 
-def _hf_rows(name: str, split: str, config: str | None):
+def _hf_rows(name: str, split: str, config: str | None, extra: dict | None):
     try:
         import datasets  # noqa: PLC0415 - optional, only when asked
     except ImportError as e:  # pragma: no cover - datasets is a dependency
         raise ImportError(f"hf:{name} needs the 'datasets' package") from e
-    dataset = datasets.load_dataset(name, config, split=split)
+    dataset = datasets.load_dataset(name, config, split=split, **(extra or {}))
     for index, row in enumerate(dataset):
         yield f"hf:{name}[{split}]", index + 1, dict(row)
 
