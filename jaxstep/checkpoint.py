@@ -382,7 +382,13 @@ class Checkpointer:
                 while target.exists():
                     target = self.directory / f"{step}.corrupt.{suffix}"
                     suffix += 1
-                source.rename(target)
+                try:
+                    source.rename(target)
+                except OSError as err:  # e.g. object stores without directory renames
+                    logger.error("Could not move unreadable checkpoint %s aside (%s); saves "
+                                 "at steps <= %d will be skipped until it is removed.",
+                                 source, err, step)
+                    continue
                 logger.warning("Moved unreadable checkpoint %s to %s.", source, target)
         _sync("jaxstep_checkpoint_quarantine")
         self._manager.reload()
