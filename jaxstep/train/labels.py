@@ -1,0 +1,525 @@
+"""Training labels for reward models: exact (synthetic), PRM800K (human), Monte-Carlo.
+
+A labelled solution is a `StepLabels`: a problem, the solution's steps (the final
+answer line "#### N" is the last step when present), one label per step in [0, 1]
+(None = not labelled) and the outcome (final answer correct or not). The text a
+reward model reads is `prompt + delimiter.join(steps)`, so step k ends at the k-th
+step end that `jaxstep.data.batching.step_ends_from_tokens` finds in it; steps are
+cleaned (`clean_step`) so that none holds the delimiter itself.
+
+Sources:
+  * `exact_labels`: steps of generated solutions to synthetic problems labelled by
+    `synthetic.label_steps`; `corrupted_solutions` / `reference_solutions` add flawed /
+    correct references when the samples lack one class (`balance_classes`).
+  * `prm800k_labels`: per-step ratings (1 good, 0 neutral -> `neutral_is_positive`,
+    -1 bad) of every rated alternative after the path's prefix, and Bradley-Terry
+    pairs of alternatives of the same step.
+  * `montecarlo_labels` (Math-Shepherd): from each step prefix, N completions by the
+    generator; soft label = fraction reaching the reference answer, hard = any does.
+    Finished solutions are appended to a JSON-lines cache, so a rerun resumes.
+  * `outcome_labels` / `read_labeled_solutions`: solution-level labels for the ORM.
+  * `preference_pairs`: Bradley-Terry pairs from any step labels (two solutions of one
+    problem with the same prefix whose next steps differ in label).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxstep.data import formatting, grading, prm800k, synthetic
+from jaxstep.data.jsonio import iter_records
+from jaxstep.data.problem import DataError, ErrorPolicy, Problem
+from jaxstep.data.steps import strip_calculator
+
+logger = logging.getLogger(__name__)
+
+ORIGINS = ("sample", "reference", "corrupt", "prm800k", "file")
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclasses.dataclass(frozen=True)
+class StepLabels:
+    """One solution with per-step labels.
+
+    Attributes:
+      problem: the problem it solves (question and reference answer).
+      steps: the solution's steps (cleaned; the answer line is the last step if present).
+      labels: one per step, P(step is correct) in [0, 1], or None where unlabelled.
+      correct: whether the final answer is right (the ORM label), None if unknown.
+      origin: "sample" (generator), "reference", "corrupt", "prm800k" or "file".
+    """
+
+    problem: Problem
+    steps: tuple[str, ...]
+    labels: tuple[float | None, ...]
+    correct: bool | None
+    origin: str = "sample"
+
+    def __post_init__(self):
+        if len(self.steps) != len(self.labels):
+            raise ValueError(f"problem {self.problem.id}: {len(self.steps)} steps but "
+                             f"{len(self.labels)} labels")
+
+    def text(self, delimiter: str = formatting.DEFAULT_DELIMITER) -> str:
+        """The solution as the reward model reads it (after the prompt)."""
+        return solution_text(self.steps, delimiter)
+
+    def to_json(self) -> dict:
+        return {"problem": self.problem.to_json(), "steps": list(self.steps),
+                "labels": list(self.labels), "correct": self.correct, "origin": self.origin}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StepLabels":
+        return cls(Problem(**d["problem"]), tuple(d["steps"]),
+                   tuple(None if x is None else float(x) for x in d["labels"]),
+                   d.get("correct"), d.get("origin", "file"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPreference:
+    """Two alternatives for the same step after the same prefix; `chosen` is better."""
+
+    problem: Problem
+    prefix: tuple[str, ...]
+    chosen: str
+    rejected: str
+
+    def texts(self, delimiter: str = formatting.DEFAULT_DELIMITER) -> tuple[str, str]:
+        """(chosen solution text, rejected solution text); each ends with its step."""
+        return (solution_text(self.prefix + (self.chosen,), delimiter),
+                solution_text(self.prefix + (self.rejected,), delimiter))
+
+    def to_json(self) -> dict:
+        return {"problem": self.problem.to_json(), "prefix": list(self.prefix),
+                "chosen": self.chosen, "rejected": self.rejected}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StepPreference":
+        return cls(Problem(**d["problem"]), tuple(d["prefix"]), d["chosen"], d["rejected"])
+
+
+def clean_step(text: str, delimiter: str = formatting.DEFAULT_DELIMITER) -> str:
+    """A step as one segment: the delimiter and line breaks inside it become spaces."""
+    text = text.replace(delimiter, " ")
+    return " ".join(text.split())
+
+
+def solution_text(steps: Sequence[str], delimiter: str = formatting.DEFAULT_DELIMITER) -> str:
+    """Steps joined by the delimiter (a reference renders as steps + "#### N")."""
+    return delimiter.join(steps)
+
+
+def split_solution(text: str, delimiter: str = formatting.DEFAULT_DELIMITER) -> tuple[str, ...]:
+    """A generated solution's steps (`formatting.split_steps`, cleaned)."""
+    return tuple(s for s in (clean_step(x, delimiter) for x in formatting.split_steps(text, delimiter)) if s)
+
+
+def save_records(path: str, records: Iterable[StepLabels | StepPreference]) -> str:
+    """Writes records as JSON lines (atomically: a partial file is never left)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json()) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_records(path: str) -> list[StepLabels | StepPreference]:
+    """Reads `save_records` output back (DataError naming the line on a bad record)."""
+    out = []
+    policy = ErrorPolicy(skip=False)
+    for line, record in iter_records(path, policy):
+        try:
+            out.append(StepPreference.from_json(record) if "chosen" in record
+                       else StepLabels.from_json(record))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(path, line, f"not a labelled-solution record: {e}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- exact
+
+def exact_labels(problems: Sequence[Problem], texts: Sequence[str], *,
+                 delimiter: str = formatting.DEFAULT_DELIMITER, origin: str = "sample",
+                 rule: str = "valid") -> list[StepLabels]:
+    """Exact step labels of solutions to synthetic problems (`synthetic.label_steps`).
+
+    Args:
+      problems, texts: aligned; `texts[i]` is a generated solution to `problems[i]`.
+      rule: "valid" (right arithmetic on known numbers) or "reference" (see label_steps).
+    """
+    if len(problems) != len(texts):
+        raise ValueError(f"{len(problems)} problems but {len(texts)} solutions")
+    out = []
+    for problem, text in zip(problems, texts):
+        steps = split_solution(text, delimiter)
+        labels = synthetic.label_steps(problem, steps, rule=rule)
+        out.append(StepLabels(problem, steps, tuple(float(x) for x in labels),
+                              grading.is_correct(text, problem.answer), origin))
+    return out
+
+
+def reference_solutions(problems: Sequence[Problem]) -> list[StepLabels]:
+    """Each problem's reference solution, every step (and the answer line) correct."""
+    out = []
+    for p in problems:
+        steps = tuple(clean_step(s) for s in p.steps) + (formatting.ANSWER_PREFIX + p.answer,)
+        out.append(StepLabels(p, steps, (1.0,) * len(steps), True, "reference"))
+    return out
+
+
+def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
+                        rule: str = "valid") -> list[StepLabels]:
+    """One `synthetic.corrupt` solution per problem with its exact labels (answer line last).
+
+    Problems that cannot be corrupted are skipped.
+    """
+    out = []
+    for i, p in enumerate(problems):
+        try:
+            c = synthetic.corrupt(p, jax.random.fold_in(key, i), rule=rule)
+        except ValueError:
+            continue
+        steps = tuple(clean_step(s) for s in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
+        labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
+        out.append(StepLabels(p, steps, labels, c.answer_correct, "corrupt"))
+    return out
+
+
+def label_balance(records: Sequence[StepLabels]) -> dict[str, float]:
+    """Counts of labelled steps and the fraction that are positive (label >= 0.5)."""
+    labels = [x for r in records for x in r.labels if x is not None]
+    positive = float(np.mean([x >= 0.5 for x in labels])) if labels else float("nan")
+    outcomes = [r.correct for r in records if r.correct is not None]
+    return {"steps": len(labels), "positive_fraction": positive, "solutions": len(records),
+            "correct_fraction": float(np.mean(outcomes)) if outcomes else float("nan")}
+
+
+def balance_classes(records: list[StepLabels], problems: Sequence[Problem], key: jax.Array, *,
+                    min_fraction: float = 0.2, rule: str = "valid", by: str = "steps") -> list[StepLabels]:
+    """Adds corrupted (or reference) solutions until each class is >= `min_fraction`.
+
+    A strong generator rarely errs, a weak one rarely is right; either way a reward
+    model needs both classes. `by` = "steps" balances the step labels (PRM),
+    "outcome" the final-answer labels (ORM). Added solutions cycle through `problems`
+    (synthetic ones: `synthetic.corrupt` needs their one-operation steps).
+    """
+    if by not in ("steps", "outcome"):
+        raise ValueError(f"balance_classes: by must be 'steps' or 'outcome', got {by!r}")
+    records = list(records)
+    if not problems or min_fraction <= 0:
+        return records
+    field = "positive_fraction" if by == "steps" else "correct_fraction"
+    count = "steps" if by == "steps" else "solutions"
+    cursor = 0
+    for rnd in range(8):
+        stats = label_balance(records)
+        positive = stats[field] if stats[count] and stats[field] == stats[field] else 0.5
+        if min_fraction <= positive <= 1 - min_fraction:
+            break
+        negative = positive > 1 - min_fraction  # too few wrong ones: add corrupted solutions
+        n = stats[count]
+        have = n * ((1 - positive) if negative else positive)
+        per_solution = (2.0 if negative else 4.0) if by == "steps" else (0.8 if negative else 1.0)
+        need = max(1, int(np.ceil(max(min_fraction * n - have, 1.0) / (1 - min_fraction) / per_solution)))
+        chosen = [problems[(cursor + i) % len(problems)] for i in range(need)]
+        cursor += need
+        sub = jax.random.fold_in(key, rnd)
+        extra = corrupted_solutions(chosen, sub, rule=rule) if negative else reference_solutions(chosen)
+        if not extra:
+            break
+        records.extend(extra)
+        logger.info("labels: added %d %s solutions to balance %s labels (positive fraction was %.2f)",
+                    len(extra), extra[0].origin, by, positive)
+    return records
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+def outcome_labels(problems: Sequence[Problem], texts: Sequence[str], *,
+                   delimiter: str = formatting.DEFAULT_DELIMITER, origin: str = "sample") -> list[StepLabels]:
+    """Solutions labelled by final-answer correctness only (`is_correct`); steps unlabelled."""
+    if len(problems) != len(texts):
+        raise ValueError(f"{len(problems)} problems but {len(texts)} solutions")
+    out = []
+    for p, text in zip(problems, texts):
+        steps = split_solution(text, delimiter)
+        out.append(StepLabels(p, steps, (None,) * len(steps), grading.is_correct(text, p.answer), origin))
+    return out
+
+
+_A_LINE_PREFIX = "A:"
+
+
+def _gsm8k_solution_steps(solution: str, delimiter: str) -> tuple[str, ...]:
+    """GSM8K example-model solution -> our steps: calculator marks dropped, "A: N" -> "#### N"."""
+    steps = []
+    for line in strip_calculator(solution).split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(_A_LINE_PREFIX):
+            line = formatting.ANSWER_PREFIX + line[len(_A_LINE_PREFIX):].strip()
+        steps.append(clean_step(line, delimiter))
+    return tuple(s for s in steps if s)
+
+
+def read_labeled_solutions(path: str, *, delimiter: str = formatting.DEFAULT_DELIMITER,
+                           limit: int | None = None, skip_bad_records: bool = False) -> list[StepLabels]:
+    """Pre-labelled solutions for the ORM from a JSON-lines file.
+
+    Formats (detected per record):
+      * GSM8K `example_model_solutions.jsonl`: `question`, `ground_truth` (ending in
+        "A: N") and objects (e.g. "6b_finetuning") holding `solution` and `is_correct`;
+        one StepLabels per such object.
+      * flat: `question`, `solution`, `is_correct`, optional `answer`.
+      * `save_records` output (`problem`, `steps`, `labels`, ...).
+
+    Args:
+      limit: read at most this many records (lines), None = all.
+    """
+    policy = ErrorPolicy(skip_bad_records)
+    out: list[StepLabels] = []
+    for n, (line, record) in enumerate(iter_records(path, policy)):
+        if limit is not None and n >= limit:
+            break
+        try:
+            out.extend(_labeled_from_record(record, path, line, delimiter))
+        except DataError as e:
+            policy.handle(e)
+    policy.report(f"read_labeled_solutions({path!r})")
+    return out
+
+
+def _labeled_from_record(record: Any, path: str, line: int | None, delimiter: str) -> list[StepLabels]:
+    if not isinstance(record, dict):
+        raise DataError(path, line, f"expected a JSON object, got {type(record).__name__}")
+    if "problem" in record and "steps" in record:
+        return [StepLabels.from_json(record)]
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(path, line, "missing or empty string field 'question'")
+    pid = f"{os.path.basename(path)}:{line}"
+    if "solution" in record:
+        entries = {"solution": record}
+        answer = record.get("answer")
+    else:
+        entries = {k: v for k, v in record.items() if isinstance(v, dict) and "solution" in v}
+        truth = record.get("ground_truth")
+        answer = grading.extract_answer(truth) if isinstance(truth, str) else None
+    if not entries:
+        raise DataError(path, line, "no solution: expected 'solution' + 'is_correct', or objects "
+                        "holding them (GSM8K example_model_solutions format)")
+    out = []
+    for name, entry in entries.items():
+        solution, correct = entry.get("solution"), entry.get("is_correct")
+        if not isinstance(solution, str) or not isinstance(correct, bool):
+            raise DataError(path, line, f"{name}: expected string 'solution' and boolean 'is_correct'")
+        steps = _gsm8k_solution_steps(solution, delimiter)
+        if not steps:
+            raise DataError(path, line, f"{name}: empty solution")
+        problem = Problem(question.strip(), (), str(answer or ""), "file", None, name, pid)
+        out.append(StepLabels(problem, steps, (None,) * len(steps), correct, "file"))
+    return out
+
+
+# ----------------------------------------------------------------------------- PRM800K
+
+def prm800k_labels(path: str, *, neutral_is_positive: bool = True, skip_flagged: bool = False,
+                   skip_bad_records: bool = False,
+                   delimiter: str = formatting.DEFAULT_DELIMITER) -> tuple[list[StepLabels], list[StepPreference]]:
+    """Step labels and Bradley-Terry pairs from PRM800K records.
+
+    Step labels: one StepLabels per rated alternative (and human step) at every step
+    position the labelled path reaches: the path's prefix (labelled along the path
+    where it has ratings) followed by the alternative, labelled 1 / 0 / -1 ->
+    1 / `neutral_is_positive` / 0. Pairs: alternatives of one step with different
+    ratings (1 > 0 > -1).
+    """
+    records = prm800k.read(path, skip_bad_records=skip_bad_records)
+    step_records: list[StepLabels] = []
+    pairs: list[StepPreference] = []
+    for sol in records:
+        problem = Problem(sol.problem, (), sol.ground_truth_answer or "", "prm800k", None, None, sol.id)
+        _, path_labels = prm800k.path_labels(sol, neutral_positive=neutral_is_positive)
+        for ex in prm800k.step_examples(sol, neutral_positive=neutral_is_positive, skip_flagged=skip_flagged):
+            prefix = tuple(clean_step(s, delimiter) for s in ex.prefix)
+            text = clean_step(ex.text, delimiter)
+            if not text or not all(prefix):
+                continue
+            prefix_labels = tuple(float(path_labels[i]) if i < len(path_labels) else None
+                                  for i in range(len(prefix)))
+            step_records.append(StepLabels(problem, prefix + (text,), prefix_labels + (float(ex.label),),
+                                           None, "prm800k"))
+        for pair in prm800k.preference_pairs(sol, skip_flagged=True):
+            prefix = tuple(clean_step(s, delimiter) for s in pair.prefix)
+            chosen, rejected = clean_step(pair.chosen, delimiter), clean_step(pair.rejected, delimiter)
+            if chosen and rejected and all(prefix):
+                pairs.append(StepPreference(problem, prefix, chosen, rejected))
+    return step_records, pairs
+
+
+# ----------------------------------------------------------------------------- pairs
+
+def preference_pairs(records: Sequence[StepLabels], *, max_pairs_per_problem: int = 16,
+                     key: jax.Array | None = None) -> list[StepPreference]:
+    """Bradley-Terry pairs from step labels: solutions of the same problem that agree on
+    steps `[0, k)` and whose step k labels differ give (better step k, worse step k).
+
+    At most `max_pairs_per_problem` pairs per problem (a random subset with `key`).
+    """
+    by_problem: dict[str, list[StepLabels]] = {}
+    for r in records:
+        by_problem.setdefault(r.problem.id or r.problem.question, []).append(r)
+    rng = np.random.default_rng(None if key is None else np.asarray(jax.random.key_data(key)).ravel().tolist())
+    out: list[StepPreference] = []
+    for group in by_problem.values():
+        found: dict[tuple, StepPreference] = {}
+        for a in group:
+            for b in group:
+                for k in range(min(len(a.steps), len(b.steps))):
+                    if k and a.steps[k - 1] != b.steps[k - 1]:
+                        break
+                    la, lb = a.labels[k], b.labels[k]
+                    if la is not None and lb is not None and la > lb and a.steps[k] != b.steps[k]:
+                        pair = StepPreference(a.problem, a.steps[:k], a.steps[k], b.steps[k])
+                        found.setdefault((pair.prefix, pair.chosen, pair.rejected), pair)
+        pairs = list(found.values())
+        if len(pairs) > max_pairs_per_problem:
+            pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), max_pairs_per_problem, replace=False))]
+        out.extend(pairs)
+    return out
+
+
+# ----------------------------------------------------------------------------- Monte-Carlo
+
+# complete(problems, prefixes, num_samples, key) -> texts: for each i, `num_samples`
+# continuations of prompt(problems[i]) + prefixes[i] (problem-major, flat list).
+CompleteFn = Callable[[Sequence[Problem], Sequence[str], int, jax.Array], list[str]]
+
+
+def montecarlo_key(record: StepLabels, num_completions: int) -> str:
+    """Cache key of one solution: its problem, its steps and the number of completions."""
+    h = hashlib.sha256()
+    for part in (record.problem.id, record.problem.question, record.problem.answer,
+                 *record.steps, str(num_completions)):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+def read_montecarlo_cache(path: str) -> dict[str, dict]:
+    """The cache's finished solutions by key; a truncated last line (a crash) is ignored."""
+    done: dict[str, dict] = {}
+    if not path or not os.path.isfile(path):
+        return done
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping an unreadable (truncated?) cache line", path)
+                continue
+            if isinstance(row, dict) and "key" in row:
+                done[row["key"]] = row
+    return done
+
+
+def montecarlo_labels(solutions: Sequence[StepLabels], complete: CompleteFn, *, num_completions: int,
+                      key: jax.Array, cache_path: str = "", mode: str = "hard",
+                      delimiter: str = formatting.DEFAULT_DELIMITER, chunk: int = 16,
+                      progress: bool = True) -> list[StepLabels]:
+    """Math-Shepherd labels for each solution's steps.
+
+    For step k < K-1: `num_completions` continuations of `prompt + steps[:k+1]` are
+    sampled (`complete`); soft = the fraction whose final answer matches the reference,
+    hard = soft > 0. The last step's label is the solution's own correctness. Solutions
+    are labelled `chunk` at a time (one batched `complete` call) and each finished one
+    is appended to `cache_path` (JSON lines with `soft`, `hard`, `correct`), which a
+    rerun reads to skip it.
+
+    Args:
+      solutions: solutions to label (their `labels` are ignored).
+      complete: the sampler (see `CompleteFn`).
+      mode: "hard" or "soft": which label the returned StepLabels carry.
+
+    Returns:
+      The solutions relabelled, in input order.
+    """
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"montecarlo mode must be 'hard' or 'soft', got {mode!r}")
+    if num_completions < 1:
+        raise ValueError(f"num_completions must be >= 1, got {num_completions}")
+    keys = [montecarlo_key(s, num_completions) for s in solutions]
+    done = read_montecarlo_cache(cache_path)
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    if done:
+        logger.info("montecarlo: %d of %d solutions found in %s", len(solutions) - len(todo),
+                    len(solutions), cache_path)
+    bar = _progress(len(todo), "montecarlo", progress)
+    for start in range(0, len(todo), chunk):
+        ids = todo[start:start + chunk]
+        queries: list[tuple[int, int]] = []  # (solution index, step k)
+        for i in ids:
+            queries.extend((i, k) for k in range(len(solutions[i].steps) - 1))
+        texts: list[str] = []
+        if queries:
+            problems = [solutions[i].problem for i, _ in queries]
+            prefixes = [solution_text(solutions[i].steps[:k + 1], delimiter) + delimiter for i, k in queries]
+            texts = complete(problems, prefixes, num_completions, jax.random.fold_in(key, ids[0]))
+            if len(texts) != len(queries) * num_completions:
+                raise ValueError(f"complete() returned {len(texts)} texts for {len(queries)} prefixes "
+                                 f"x {num_completions} completions")
+        hits: dict[tuple[int, int], int] = {}
+        for q, (i, k) in enumerate(queries):
+            prefix = solution_text(solutions[i].steps[:k + 1], delimiter) + delimiter
+            answer = solutions[i].problem.answer
+            hits[(i, k)] = sum(grading.is_correct(prefix + t, answer)
+                               for t in texts[q * num_completions:(q + 1) * num_completions])
+        rows = []
+        for i in ids:
+            sol = solutions[i]
+            correct = grading.is_correct(sol.text(delimiter), sol.problem.answer)
+            soft = [hits[(i, k)] / num_completions for k in range(len(sol.steps) - 1)]
+            soft.append(float(correct))
+            row = {"key": keys[i], "problem_id": sol.problem.id, "steps": list(sol.steps),
+                   "soft": soft, "hard": [s > 0 for s in soft], "correct": correct,
+                   "num_completions": num_completions}
+            done[keys[i]] = row
+            rows.append(row)
+        if cache_path:
+            _append_lines(cache_path, rows)
+        bar.update(len(ids))
+    bar.close()
+    out = []
+    for sol, k in zip(solutions, keys):
+        row = done[k]
+        labels = tuple(float(x) for x in (row["hard"] if mode == "hard" else row["soft"]))
+        out.append(dataclasses.replace(sol, labels=labels, correct=bool(row["correct"])))
+    return out
+
+
+def _append_lines(path: str, rows: Sequence[dict]) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    return tqdm(total=total, desc=desc, unit="sol", dynamic_ncols=True,
+                disable=not (enabled and jax.process_index() == 0))
