@@ -307,6 +307,22 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- decoder
 
 
+def _project(config: ModelConfig, hidden: Array, kernel: Array) -> Array:
+    """Logits (float32) from hidden `[..., embed_dim]` and the tied embedding
+    `[vocab, embed_dim]` or the LM head `[embed_dim, vocab]` (no transpose copy)."""
+    spec = "...e,ve->...v" if config.tie_word_embeddings else "...e,ev->...v"
+    return jnp.einsum(spec, hidden.astype(config.compute_dtype),
+                      kernel.astype(config.compute_dtype), preferred_element_type=jnp.float32)
+
+
+def lm_logits(config: ModelConfig, params: dict, hidden: Array) -> Array:
+    """The LM head alone: hidden `[..., embed_dim]` (from `lm_head=False`) -> float32
+    logits `[..., vocab]`, e.g. for the last prompt position only."""
+    kernel = params["embed"]["embedding"] if config.tie_word_embeddings else params["lm_head"]
+    return _project(config, hidden, kernel)
+
+
+
 class Decoder(nn.Module):
     """Causal LM. See the module docstring for the call contract.
 
@@ -390,12 +406,11 @@ class Decoder(nn.Module):
             out = hidden
         else:
             if cfg.tie_word_embeddings:
-                kernel = embed.embedding.T
+                kernel = embed.embedding
             else:
                 kernel = self.param("lm_head", _init(("embed", "vocab")),
                                     (cfg.embed_dim, cfg.vocab_size), cfg.params_dtype)
-            logits = jnp.einsum("bte,ev->btv", hidden, kernel.astype(cfg.compute_dtype),
-                                preferred_element_type=jnp.float32)
+            logits = _project(cfg, hidden, kernel)
             logits = _constrain(logits, ("batch", "length", "vocab"))
             out = (logits, hidden) if return_hidden else logits
         if cache is not None:

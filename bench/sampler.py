@@ -1,0 +1,122 @@
+"""New tokens/s of jaxstep's sampler vs transformers' `generate`, same random Qwen2 weights.
+
+    python bench/sampler.py            # the issue's setting (CPU, float32)
+    python bench/sampler.py --quick    # a smaller smoke run
+
+Model: Qwen2, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 688, vocab
+32000 (random weights, std 0.02 as HF's init); batch 32, prompts of 48-64 tokens
+(left-padded to 64), 128 new tokens, no EOS so both produce exactly 128 per row.
+"sampling" is plain sampling (temperature 1, no top-k/top-p, set explicitly on both
+sides); "greedy" is argmax. Our compile time is excluded from the rate and reported;
+each side's time is the best of `--repeats` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from jaxstep import models  # noqa: E402
+from jaxstep.models import hf  # noqa: E402
+
+
+def build(args):
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=args.intermediate,
+        max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=None,
+        eos_token_id=None, pad_token_id=0)
+    hf_model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    our_config = models.ModelConfig.from_hf_dict(config.to_dict())
+    params = hf.params_from_tensors(our_config, state.keys(), state.__getitem__)
+    return hf_model, models.Decoder(our_config), params
+
+
+def prompts(args):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(args.prompt - 16, args.prompt + 1, args.batch)
+    ids = rng.integers(1, args.vocab, (args.batch, args.prompt)).astype(np.int32)
+    mask = (np.arange(args.prompt)[None] >= args.prompt - lengths[:, None]).astype(np.int32)
+    return np.where(mask == 1, ids, 0).astype(np.int32), mask
+
+
+def time_ours(model, params, ids, mask, greedy, args):
+    run = lambda seed: models.generate(  # noqa: E731
+        model, params, ids, mask, jax.random.key(seed), max_new_tokens=args.new,
+        greedy=greedy, temperature=1.0, eos_id=None, pad_id=0)
+    start = time.perf_counter()
+    out = jax.block_until_ready(run(0))
+    first = time.perf_counter() - start
+    best = float("inf")
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(run(r + 1))
+        best = min(best, time.perf_counter() - start)
+    return best, first - best, int(out.lengths.sum()), np.asarray(out.tokens)
+
+
+def time_hf(hf_model, ids, mask, greedy, args):
+    ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    kwargs = dict(max_new_tokens=args.new, min_new_tokens=0, pad_token_id=0, eos_token_id=None)
+    if greedy:
+        kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+    else:
+        kwargs.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    best, out = float("inf"), None
+    for r in range(args.repeats):
+        torch.manual_seed(r)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = hf_model.generate(input_ids=ids_t, attention_mask=mask_t, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    new = out[:, ids.shape[1]:].numpy()
+    return best, int(new.size), new
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=688)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.new, args.repeats = 8, 32, 1
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"devices: {jax.devices()}  torch threads: {torch.get_num_threads()}  "
+          f"cpus: {os.cpu_count()}")
+    print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; batch "
+          f"{args.batch}, prompt {args.prompt}, {args.new} new tokens; float32")
+    hf_model, model, params = build(args)
+    ids, mask = prompts(args)
+    print(f"{'mode':9s} {'jaxstep tok/s':>14s} {'transformers tok/s':>19s} {'ratio':>7s} "
+          f"{'our compile s':>14s}")
+    for mode in ("sampling", "greedy"):
+        greedy = mode == "greedy"
+        ours_s, compile_s, ours_n, our_tokens = time_ours(model, params, ids, mask, greedy, args)
+        hf_s, hf_n, hf_tokens = time_hf(hf_model, ids, mask, greedy, args)
+        ours_rate, hf_rate = ours_n / ours_s, hf_n / hf_s
+        print(f"{mode:9s} {ours_rate:14.0f} {hf_rate:19.0f} {ours_rate / hf_rate:6.2f}x "
+              f"{compile_s:14.1f}", flush=True)
+        if greedy:
+            same = (our_tokens == hf_tokens).mean()
+            print(f"greedy tokens equal to transformers': {same:.1%} (random weights: near-ties "
+                  "can flip an argmax, after which rows diverge)")
+
+
+if __name__ == "__main__":
+    main()
