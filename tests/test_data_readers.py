@@ -124,6 +124,13 @@ def test_tfds_source_with_array_record_data_source(monkeypatch):
     assert len(problems) == 3 and problems[0].answer == "2" and problems[0].steps == ("1+1=2",)
 
 
+def test_one_call_shape_for_every_source(shared_data):
+    common = dict(limit=2, skip_bad_records=False, data_dir=shared_data, seed=1, keep_calculator=False)
+    for source in ("synthetic", "gsm8k", "math", "math500"):
+        assert len(load(source, "test", **common)) == 2
+    assert load("synthetic", "test", **common) == load("synthetic", "test", limit=2, seed=1)
+
+
 def test_optional_sources_fail_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if the extra is missing
     with pytest.raises(ImportError, match=r"jaxstep\[tfds\]"):

@@ -48,7 +48,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def load(source: str, split: str = "train", *, limit: int | None = None,
-         skip_bad_records: bool = False, **kw: Any) -> Records:
+         skip_bad_records: bool = False, data_dir: str | os.PathLike | None = None,
+         seed: Any = 0, **kw: Any) -> Records:
     """Loads problems from a named dataset, a local file/folder, `hf:<name>` or `tfds:<name>`.
 
     Args:
@@ -58,11 +59,16 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
       limit: keep at most this many problems (the first ones, file order).
       skip_bad_records: skip malformed records (counted in `.skipped`, logged)
         instead of raising `DataError` on the first one.
-      **kw: data_dir (real sets / tfds); keep_calculator (GSM8K annotations, default
-        False); math_steps ("sentences" | "paragraphs"); hf_config (hub config name,
-        e.g. "main" for hf:openai/gsm8k); hf_kwargs (more `datasets.load_dataset` args);
-        synthetic: seed, num_problems, min_steps, max_steps, max_value, ops, ...
-        (see `jaxstep.data.synthetic.generate`).
+      data_dir: folder with gsm8k/ and math/ (else $JAXSTEP_DATA_DIR); also the
+        TFDS data_dir. Ignored by synthetic.
+      seed: synthetic only (int, jax key or numpy Generator); ignored by the others,
+        so one call shape works for every source.
+      **kw: keep_calculator (GSM8K annotations, default False) and math_steps
+        ("sentences" | "paragraphs"), ignored by synthetic; hf_config (hub config
+        name, e.g. "main" for hf:openai/gsm8k); hf_kwargs (more
+        `datasets.load_dataset` arguments); synthetic knobs: num_problems,
+        min_steps, max_steps, max_value, max_factor, max_result, ops, templates
+        (see `jaxstep.data.synthetic.Difficulty`).
 
     Returns:
       A `Records` list of `Problem`s (`.skipped` counts bad records that were skipped).
@@ -73,11 +79,10 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    if source == "synthetic":
-        from jaxstep.data import synthetic
-        return Records(synthetic.load_split(split, limit=limit, **kw))
     parse_kw = {k: kw.pop(k) for k in ("keep_calculator", "math_steps") if k in kw}
-    data_dir = kw.pop("data_dir", None)
+    if source == "synthetic":
+        from jaxstep.data import synthetic  # noqa: PLC0415
+        return Records(synthetic.load_split(split, limit=limit, seed=seed, **kw))
     policy = ErrorPolicy(skip_bad_records)
     if source.startswith("hf:"):
         rows = _hf_rows(source[3:], split, kw.pop("hf_config", None), kw.pop("hf_kwargs", None))

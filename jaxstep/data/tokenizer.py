@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -45,6 +47,8 @@ def _blank_tokenizer() -> tokenizers.Tokenizer:
 
 def as_hf(tok: tokenizers.Tokenizer) -> PreTrainedTokenizerFast:
     """Wraps a `tokenizers.Tokenizer` with our special tokens as a transformers tokenizer."""
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS,
                                    eos_token=EOS, unk_token=UNK)
 
@@ -93,6 +97,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         return tok
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer {path!r}: no such file or folder")
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
