@@ -45,6 +45,8 @@ def test_value_loss_matches_numpy():
     v_clip = old_values + np.clip(values - old_values, -0.2, 0.2)
     per_token = np.maximum((values - returns) ** 2.0, (v_clip - returns) ** 2.0)
     np.testing.assert_allclose(float(loss), 0.5 * mmean(per_token), rtol=1e-5)
+    active = (np.abs(values - old_values) > 0.2) & ((v_clip - returns) ** 2.0 > (values - returns) ** 2.0)
+    np.testing.assert_allclose(float(metrics["value_clip_frac"]), mmean(active.astype(float)), rtol=1e-6)
     assert 0 < float(metrics["value_clip_frac"]) < 1
     plain, _ = value_loss(values, old_values, returns, MASK, clip_eps=None)
     np.testing.assert_allclose(float(plain), 0.5 * mmean((values - returns) ** 2.0), rtol=1e-5)
