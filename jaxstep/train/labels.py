@@ -512,7 +512,14 @@ def _append_lines(path: str, rows: Sequence[dict]) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torn = False
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"  # a crash mid-line: start a fresh line
     with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
         for row in rows:
             f.write(json.dumps(row) + "\n")
         f.flush()

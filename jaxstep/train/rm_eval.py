@@ -1,0 +1,379 @@
+"""Reward-model evaluation: step and outcome AUC, best-of-N reranking, report.
+
+    result = evaluate({"PRM": (model, params, "prm")}, tokenizer, samples=samples,
+                      records=held_out, num_per_problem=8, greedy_accuracy=0.31, max_len=160,
+                      batch_size=64, mesh=mesh)
+    write_report("report.md", result, title="PRM")
+
+Inputs:
+  * `samples`: held-out generator samples as `labels.StepLabels`, problem-major,
+    `num_per_problem` per problem (step labels where known, outcome always).
+  * `records`: held-out labelled records of the training source (PRM800K, a solutions
+    file), scored for step / outcome AUC only.
+
+Measures (per reward model):
+  * step AUC and accuracy (score >= 0.5 vs label >= 0.5) over labelled steps (PRM);
+  * outcome AUC: the ORM score, or the PRM's aggregate (min, prod, avg, max, last) of
+    its step scores, against final-answer correctness;
+  * best-of-n accuracy for n = 1, 2, 4, ..., N: per problem, the highest-scoring of its
+    first n samples (ties: the first), against the baselines: majority vote over the
+    extracted answers, random pick (the expected accuracy of one sample), pass@n (an
+    oracle) and the generator's greedy accuracy.
+Accuracies come with their binomial standard error over problems.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxstep.data import formatting, grading
+from jaxstep.rewards import aggregate as aggregate_lib
+from jaxstep.rewards import scoring
+from jaxstep.train import common
+from jaxstep.train import report as report_lib
+
+PRM_AGGREGATIONS = ("min", "prod", "avg", "max", "last")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def roc_auc(scores: Sequence[float], labels: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties).
+
+    Labels >= 0.5 are positive. NaN when a class is missing.
+    """
+    from scipy.stats import rankdata  # noqa: PLC0415
+
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(labels, np.float64) >= 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def threshold_accuracy(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.5) -> float:
+    """Fraction where (score >= threshold) equals (label >= 0.5); NaN if empty."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    if scores.size == 0:
+        return float("nan")
+    return float(np.mean((scores >= threshold) == (labels >= 0.5)))
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy over n problems."""
+    if n <= 0 or accuracy != accuracy:
+        return float("nan")
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n)
+
+
+def best_of_n(scores: np.ndarray, correct: np.ndarray, n: int | None = None) -> float:
+    """Accuracy when each problem keeps its highest-scoring sample among the first n.
+
+    Args:
+      scores, correct: `[problems, N]`; n: samples considered (default N). Ties go to
+        the earliest sample.
+    """
+    scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
+    n = scores.shape[1] if n is None else n
+    pick = np.argmax(scores[:, :n], axis=1)
+    return float(np.mean(correct[np.arange(len(correct)), pick])) if len(correct) else float("nan")
+
+
+def majority_vote(answers: Sequence[Sequence[str | None]], correct: np.ndarray, n: int | None = None) -> float:
+    """Accuracy of the most frequent final answer among each problem's first n samples.
+
+    Answers are compared after `grading.normalize_answer`; samples without an answer
+    do not vote; ties go to the answer seen first; a problem with no answer is wrong.
+    """
+    correct = np.asarray(correct, bool)
+    hits = []
+    for row_answers, row_correct in zip(answers, correct):
+        row_answers = list(row_answers)[:n] if n is not None else list(row_answers)
+        votes: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        for i, a in enumerate(row_answers):
+            if a is not None:
+                votes.setdefault(grading.normalize_answer(a), []).append(i)
+        if not votes:
+            hits.append(False)
+            continue
+        best = max(votes.values(), key=len)  # max keeps the first of equal counts
+        hits.append(bool(row_correct[best[0]]))
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def pass_at_n(correct: np.ndarray, n: int | None = None) -> float:
+    """Fraction of problems with at least one correct sample among the first n (an oracle)."""
+    correct = np.asarray(correct, bool)
+    n = correct.shape[1] if n is None else n
+    return float(np.mean(correct[:, :n].any(axis=1))) if len(correct) else float("nan")
+
+
+def random_pick(correct: np.ndarray) -> float:
+    """Expected accuracy of a uniformly random sample per problem (the mean of `correct`)."""
+    correct = np.asarray(correct, np.float64)
+    return float(correct.mean()) if correct.size else float("nan")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max_len: int,
+                  batch_size: int, mesh=None, delimiter: str = formatting.DEFAULT_DELIMITER,
+                  desc: str = "score") -> list[np.ndarray]:
+    """Reward-model scores (probabilities) of labelled solutions.
+
+    Returns one array per record: PRM `[num_steps]` step scores (NaN for steps cut off
+    by `max_len` or a misaligned row), ORM `[1]` the outcome score.
+    """
+    from jaxstep.train.reward_models import encode_labeled  # noqa: PLC0415
+
+    if not records:
+        return []
+    if mesh is None:
+        from jaxstep.parallel import mesh as mesh_lib  # noqa: PLC0415
+        mesh = mesh_lib.make_mesh()
+    batch_size = common.round_batch(batch_size, mesh)
+    params = common.place_on_mesh(params, mesh)
+    scorer = common.jit_step(lambda p, ids, mask, ends, smask: scoring.score(
+        model, p, kind, ids, mask, step_ends=ends, step_mask=smask), mesh, donate_argnums=())
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(records), desc=desc, unit="sol", dynamic_ncols=True,
+               disable=not common.is_main_process())
+    for start in range(0, len(records), batch_size):
+        chunk = list(records[start:start + batch_size])
+        pad = batch_size - len(chunk)
+        enc = encode_labeled(chunk + chunk[:1] * pad, tokenizer, max_len, kind=kind, delimiter=delimiter)
+        batch = common.shard_batch({"ids": enc["ids"], "mask": enc["mask"], "ends": enc["step_ends"],
+                                    "smask": enc["step_mask"]}, mesh)
+        scores = np.asarray(common.to_host(scorer(params, batch["ids"], batch["mask"], batch["ends"],
+                                                  batch["smask"])))
+        for b, record in enumerate(chunk):
+            if kind == "orm":
+                out.append(scores[b:b + 1].astype(np.float64))
+                continue
+            row = np.full(len(record.steps), np.nan)
+            if not enc["misaligned"][b]:
+                valid = enc["step_mask"][b][:len(record.steps)]
+                row[:len(valid)] = np.where(valid, scores[b][:len(valid)], np.nan)
+            out.append(row)
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def aggregate_steps(step_scores: Sequence[np.ndarray], how: str) -> np.ndarray:
+    """Per-solution aggregate of PRM step scores (`jaxstep.rewards.aggregate`; NaN steps skipped)."""
+    width = max((len(s) for s in step_scores), default=1) or 1
+    padded = np.zeros((len(step_scores), width), np.float32)
+    mask = np.zeros((len(step_scores), width), bool)
+    for i, s in enumerate(step_scores):
+        valid = ~np.isnan(s)
+        k = int(valid.sum())
+        padded[i, :k] = s[valid]  # valid steps first (`last` needs a prefix mask)
+        mask[i, :k] = True
+    return np.asarray(aggregate_lib.aggregate(padded, mask, how))
+
+
+def _step_pairs(records: Sequence, step_scores: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = [], []
+    for record, row in zip(records, step_scores):
+        for label, s in zip(record.labels, row):
+            if label is not None and not np.isnan(s):
+                scores.append(s)
+                labels.append(label)
+    return np.asarray(scores), np.asarray(labels)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def _ns(num: int) -> list[int]:
+    ns, n = [], 1
+    while n < num:
+        ns.append(n)
+        n *= 2
+    return ns + [num]
+
+
+def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, samples: Sequence = (),
+             records: Sequence = (), num_per_problem: int = 8, greedy_accuracy: float | None = None,
+             max_len: int = 160, batch_size: int = 64, mesh=None,
+             delimiter: str = formatting.DEFAULT_DELIMITER, key: jax.Array | None = None) -> dict:
+    """Evaluates reward models on held-out samples and records (see the module docstring).
+
+    Args:
+      reward_models: {name: (ScalarModel, params, kind)}.
+      samples: generator samples, problem-major, `num_per_problem` each.
+      records: held-out labelled records of the training source.
+      greedy_accuracy: the generator's greedy accuracy on the same problems (a baseline).
+      key: unused today (ties are broken by sample order); kept for a random tie-break.
+
+    Returns:
+      {"models": {name: {...}}, "baselines": {...}, "problems": P, "n": N, "ns": [...],
+       "flat": {metric name: value}} with every number a float.
+    """
+    del key
+    samples, records = list(samples), list(records)
+    N = num_per_problem
+    P = len(samples) // N if N else 0
+    if samples and P * N != len(samples):
+        raise ValueError(f"evaluate: {len(samples)} samples is not a multiple of num_per_problem={N}")
+    ns = _ns(N) if P else []
+    correct = np.array([bool(s.correct) for s in samples], bool).reshape(P, N) if P else np.zeros((0, N), bool)
+    answers = [[grading.extract_answer(s.text(delimiter)) for s in samples[p * N:(p + 1) * N]]
+               for p in range(P)]
+    baselines: dict[str, Any] = {}
+    if P:
+        baselines = {"majority": {n: majority_vote(answers, correct, n) for n in ns},
+                     "random": {n: random_pick(correct[:, :n]) for n in ns},
+                     "pass": {n: pass_at_n(correct, n) for n in ns}}
+    if greedy_accuracy is not None:
+        baselines["greedy"] = float(greedy_accuracy)
+    out_models: dict[str, dict] = {}
+    flat: dict[str, float] = {}
+    for name, (model, params, kind) in reward_models.items():
+        m: dict[str, Any] = {"kind": kind}
+        tag = name.lower().replace(" ", "_")
+        if samples:
+            scores = score_records(model, params, kind, samples, tokenizer, max_len=max_len,
+                                   batch_size=batch_size, mesh=mesh, delimiter=delimiter,
+                                   desc=f"score {name}")
+            if kind == "prm":
+                step_s, step_l = _step_pairs(samples, scores)
+                m["sample_steps"] = int(step_l.size)
+                m["sample_step_positive"] = float(np.mean(step_l >= 0.5)) if step_l.size else float("nan")
+                m["step_auc"] = roc_auc(step_s, step_l)
+                m["step_accuracy"] = threshold_accuracy(step_s, step_l)
+                by = {how: aggregate_steps(scores, how).reshape(P, N) for how in PRM_AGGREGATIONS}
+            else:
+                by = {"orm": np.concatenate(scores).reshape(P, N)}
+            m["outcome_auc"] = {how: roc_auc(v.ravel(), correct.ravel()) for how, v in by.items()}
+            m["best_of"] = {how: {n: best_of_n(v, correct, n) for n in ns} for how, v in by.items()}
+            for how in by:
+                flat[f"{tag}/outcome_auc_{how}"] = m["outcome_auc"][how]
+                flat[f"{tag}/best_of_{N}_{how}"] = m["best_of"][how][N]
+            if kind == "prm":
+                flat[f"{tag}/step_auc"] = m["step_auc"]
+                flat[f"{tag}/step_accuracy"] = m["step_accuracy"]
+        if records:
+            scores = score_records(model, params, kind, records, tokenizer, max_len=max_len,
+                                   batch_size=batch_size, mesh=mesh, delimiter=delimiter,
+                                   desc=f"score {name} records")
+            if kind == "prm":
+                step_s, step_l = _step_pairs(records, scores)
+                m["records_steps"] = int(step_l.size)
+                m["records_step_auc"] = roc_auc(step_s, step_l)
+                m["records_step_accuracy"] = threshold_accuracy(step_s, step_l)
+                flat[f"{tag}/records_step_auc"] = m["records_step_auc"]
+            else:
+                outcome = np.concatenate(scores) if scores else np.zeros(0)
+                labels = np.array([float(bool(r.correct)) for r in records])
+                m["records_outcome_auc"] = roc_auc(outcome, labels)
+                m["records_outcome_accuracy"] = threshold_accuracy(outcome, labels)
+                flat[f"{tag}/records_outcome_auc"] = m["records_outcome_auc"]
+        out_models[name] = m
+    if P:
+        flat[f"majority_of_{N}"] = baselines["majority"][N]
+        flat[f"random_of_{N}"] = baselines["random"][N]
+        flat[f"pass_at_{N}"] = baselines["pass"][N]
+    if greedy_accuracy is not None:
+        flat["greedy_accuracy"] = float(greedy_accuracy)
+    flat["eval_problems"] = float(P)
+    return {"models": out_models, "baselines": baselines, "problems": P, "n": N, "ns": ns,
+            "records": len(records), "flat": flat}
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _acc(x: float, n: int) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{report_lib.format_accuracy(x)} ± {100 * standard_error(x, n):.1f}"
+
+
+def report_sections(result: dict) -> list[str]:
+    """Markdown sections (tables) of an `evaluate` result."""
+    P, N, ns = result["problems"], result["n"], result["ns"]
+    sections = []
+    rows = []
+    for name, m in result["models"].items():
+        if "step_auc" in m:
+            rows.append([name, "held-out samples", m["sample_steps"], _fmt(m["sample_step_positive"], 2),
+                         _fmt(m["step_auc"]), report_lib.format_accuracy(m["step_accuracy"])])
+        if "records_step_auc" in m:
+            rows.append([name, "held-out records", m["records_steps"], "-", _fmt(m["records_step_auc"]),
+                         report_lib.format_accuracy(m["records_step_accuracy"])])
+    if rows:
+        sections.append("## Step-level\n\n" + report_lib.markdown_table(
+            ["model", "set", "steps", "positive", "step AUC", "step accuracy"], rows))
+    rows = []
+    for name, m in result["models"].items():
+        for how, auc in m.get("outcome_auc", {}).items():
+            rows.append([name, how, _fmt(auc)])
+        if "records_outcome_auc" in m:
+            rows.append([name, "held-out records", _fmt(m["records_outcome_auc"])])
+    if rows:
+        sections.append("## Outcome AUC (score vs final-answer correctness)\n\n"
+                        + report_lib.markdown_table(["model", "score", "AUC"], rows))
+    if P:
+        headers = ["selection"] + [f"best of {n}" for n in ns]
+        rows = []
+        for name, m in result["models"].items():
+            for how, accs in m.get("best_of", {}).items():
+                label = name if how == "orm" else f"{name}-{how}"
+                rows.append([label] + [_acc(accs[n], P) for n in ns])
+        b = result["baselines"]
+        rows.append(["majority vote"] + [_acc(b["majority"][n], P) for n in ns])
+        rows.append(["random pick"] + [_acc(b["random"][n], P) for n in ns])
+        rows.append(["pass@n (oracle)"] + [_acc(b["pass"][n], P) for n in ns])
+        text = (f"## Best-of-N reranking ({P} held-out problems, {N} samples each)\n\n"
+                + report_lib.markdown_table(headers, rows))
+        if "greedy" in b:
+            text += f"\n\nGreedy decoding of the generator: {_acc(b['greedy'], P)}."
+        text += "\n\nAccuracy ± its binomial standard error over problems; ties go to the first sample."
+        sections.append(text)
+    return sections
+
+
+def write_report(path: str, result: dict, *, title: str = "Reward model", info: dict | None = None,
+                 metrics_path: str | None = None) -> str:
+    """Writes `report.md` (tables, plus loss/accuracy and best-of-N plots as PNG)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    parts = [f"# {title}"]
+    if info:
+        keep = {k: v for k, v in info.items() if not isinstance(v, dict)}
+        rows = [[k, _fmt(v) if isinstance(v, float) else v] for k, v in sorted(keep.items())]
+        for k, v in sorted(info.items()):
+            if isinstance(v, dict):
+                rows.extend([[f"{k}.{kk}", _fmt(vv) if isinstance(vv, float) else vv] for kk, vv in v.items()])
+        parts.append("## Data\n\n" + report_lib.markdown_table(["field", "value"], rows))
+    parts.extend(report_sections(result))
+    if metrics_path and os.path.isfile(metrics_path):
+        from jaxstep.metrics import read_metrics  # noqa: PLC0415
+        png = report_lib.plot_metric_curves({"": read_metrics(metrics_path)}, ["loss", "accuracy"],
+                                            os.path.join(folder, "training.png"), title="training")
+        if png:
+            parts.append("## Training\n\n" + report_lib.image_link(png, folder, "training curves"))
+    if result["problems"]:
+        series = {}
+        for name, m in result["models"].items():
+            for how, accs in m.get("best_of", {}).items():
+                series[name if how == "orm" else f"{name}-{how}"] = accs[result["n"]]
+        series["majority"] = result["baselines"]["majority"][result["n"]]
+        series["random"] = result["baselines"]["random"][result["n"]]
+        if "greedy" in result["baselines"]:
+            series["greedy"] = result["baselines"]["greedy"]
+        png = report_lib.plot_accuracy_bars(series, os.path.join(folder, "best_of_n.png"),
+                                            title=f"best of {result['n']}")
+        parts.append(report_lib.image_link(png, folder, "best-of-N accuracy"))
+    return report_lib.write_markdown(path, *parts)
