@@ -170,37 +170,77 @@ def rm_config() -> ml_collections.ConfigDict:
 
 
 def ppo_config() -> ml_collections.ConfigDict:
-    """Stage ppo: PPO on reward-model rewards (defaults from the paper's seeds)."""
+    """Stage ppo: PPO on reward-model rewards (defaults from the paper's seeds: KL 0.1,
+    clip 0.2, eta 0.8). Reward of a response: `alpha * scheme(RM scores) + success_coef *
+    success - kl_coef * KL`, token-level (see jaxstep/rewards/shaping.py)."""
     p = ml_collections.ConfigDict()
-    p.policy = ""  # HF folder of the SFT policy ("" = train it in <workdir>/sft first)
-    p.reward_model = ""  # reward-model folder ("" = train it in <workdir>/<rm.kind> first)
+    # Inputs.
+    p.policy = ""  # HF folder of the SFT policy (also the frozen reference); "" = <workdir>/../sft/export
+    p.reward_model = ""  # reward-model folder (train/reward_models.py export); "" = <workdir>/../<orm|prm>/export
+    p.train_sources = ""  # prompt mix "source[:weight],..." (e.g. "gsm8k:0.5,math:0.5"); "" = data.train_sources
+    p.num_prompts = 0  # prompts in the mix (0 = all the sources hold; synthetic: data.num_train)
+    # Reward.
     p.scheme = "prm_max"  # orm | prm_avg | prm_prod | prm_min | prm_max | prm_dense | clip | delta | clip_delta
-    p.alpha = 1.0  # weight on the process (reward-model) part
-    p.eta = 0.8  # Clip threshold
-    p.success_coef = 1.0  # weight of the 0/1 final-answer success reward (0 = off)
-    p.kl_coef = 0.1  # beta
-    p.kl_estimator = "k1"  # k1: in the reward | k3: as a loss term
-    p.adaptive_kl = False
-    p.target_kl = 6.0
-    p.kl_horizon = 10000
-    p.clip_eps = 0.2
-    p.value_clip = 0.2
-    p.vf_coef = 0.5
-    p.entropy_coef = 0.0
-    p.gamma = 1.0
-    p.lam = 0.95
-    p.whiten_advantages = True
-    p.normalize_rewards = False
+    p.alpha = 1.0  # weight on the reward-model (process or outcome) part
+    p.eta = 0.8  # Clip threshold: r_k <- min(r_k - eta, 0)
+    p.success_coef = 1.0  # weight of the 0/1 final-answer success reward at the last token (0 = off)
+    p.max_steps = 16  # step slots per response (steps past it get no score and no reward)
+    # KL to the reference (SFT) policy.
+    p.kl_coef = 0.1  # beta (initial value when adaptive)
+    p.kl_estimator = "k1"  # k1: -beta * (logp - logp_ref) in the token rewards | k3: beta * k3 as a loss term
+    p.adaptive_kl = False  # adapt beta towards target_kl (Ziegler et al.; k1 only)
+    p.target_kl = 6.0  # adaptive target: mean per-sequence summed KL
+    p.kl_horizon = 10000  # adaptive horizon in samples
+    # PPO losses.
+    p.clip_eps = 0.2  # policy ratio clip
+    p.value_clip = 0.2  # value clip around the rollout values (0 = unclipped value loss)
+    p.entropy_coef = 0.0  # entropy bonus weight
+    p.gamma = 1.0  # GAE discount
+    p.lam = 0.95  # GAE lambda
+    p.whiten_advantages = True  # normalise advantages over the batch's response tokens
+    p.normalize_rewards = False  # divide token rewards by the std of the per-sequence reward sums
+    # Optimisation.
     p.steps = 40  # PPO iterations (rollout + update)
-    p.rollout_batch = 64  # prompts per iteration
-    p.epochs = 1
-    p.minibatches = 2
-    p.learning_rate = 1e-5
-    p.critic_learning_rate = 1e-4
-    p.critic_init = "reward_model"  # reward_model | policy
-    p.eval_every = 0  # eval during PPO every N steps (0 = only at the end)
-    p.log_every = 1
+    p.rollout_batch = 64  # prompts (= responses) per iteration, global
+    p.epochs = 1  # passes over each rollout batch
+    p.minibatches = 2  # minibatches per epoch (must divide rollout_batch)
+    p.learning_rate = 1e-5  # policy Adam learning rate (constant after warmup)
+    p.critic_learning_rate = 1e-4  # critic Adam learning rate
+    p.warmup_steps = 0  # linear learning-rate warmup (iterations)
+    p.b1 = 0.9  # Adam beta1
+    p.b2 = 0.95  # Adam beta2
+    p.grad_clip = 1.0  # global gradient-norm clip, per model (0 = off)
+    p.critic_init = "reward_model"  # critic initialisation: reward_model | policy (the SFT backbone, fresh head)
+    p.recompute_logprobs = False  # recompute rollout logprobs with a full forward (forced for top-k/top-p/non-f32)
+    p.max_consecutive_skips = 10  # stop when this many iterations in a row had non-finite losses (0 = never)
+    # Evaluation, logging, export.
+    p.eval_every = 0  # greedy accuracy on eval_limit problems every N iterations (0 = only at the end)
+    p.eval_limit = 200  # problems in that eval (data.eval_sources, test split; 0 = no eval in the stage)
+    p.log_every = 1  # metrics line every N iterations (hacking statistics included)
+    p.export = True  # write <workdir>/export (HF folder of the final policy)
     return p
+
+
+def pipeline_config() -> ml_collections.ConfigDict:
+    """Stage pipeline (the main job): sft -> reward model -> ppo -> eval of both -> report.
+
+    Every stage runs in `<workdir>/<name>` with this config (stage set); a stage whose
+    summary.json exists is reused. A given `ppo.policy` / `ppo.reward_model` skips the
+    stage that would produce it.
+    """
+    p = ml_collections.ConfigDict()
+    p.eval_limit = 1000  # test problems per eval set in the final evals (0 = whole split)
+    p.eval_batch_size = 250  # prompts decoded at once in the final evals
+    p.seeds = 1  # PPO runs with seeds seed, seed+1, ... on the same SFT/RM (uncertainty over seeds)
+    return p
+
+
+def sweep_config() -> ml_collections.ConfigDict:
+    """Stage sweep: several reward schemes on one SFT policy and one PRM (and ORM)."""
+    s = ml_collections.ConfigDict()
+    s.schemes = "orm,prm_max,prm_min,clip_delta"  # comma list of ppo.scheme values
+    s.seeds = 1  # PPO runs per scheme (seed, seed+1, ...)
+    return s
 
 
 def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
@@ -220,4 +260,96 @@ def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     c.eval = eval_config()
     c.rm = rm_config()
     c.ppo = ppo_config()
+    c.pipeline = pipeline_config()
+    c.sweep = sweep_config()
+    return c
+
+
+# ----------------------------------------------------------------------------- experiments
+
+def ppo_experiment(scheme: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The base of every `configs/ppo_<scheme>.py`: the main job (stage `pipeline`: SFT,
+    reward model, PPO with `scheme`, evals, report) for one reward scheme.
+
+    Presets (`arg`):
+      "" or "cpu"  the tiny decoder from scratch on synthetic problems; the whole chain
+                   finishes in under 10 minutes on a 2-core CPU.
+      "paper"      Qwen2-1.5B (`model.hf_path`, a local folder or hub name) fine-tuned on
+                   GSM8K + MATH, PPO on a 1:1 GSM8K/MATH prompt mix, evaluated on GSM8K
+                   test and MATH500. The reward model is `ppo.reward_model` (a folder written
+                   by the orm/prm stage, e.g. a PRM trained on PRM800K or Math-Shepherd
+                   labels); left empty, the chain trains one with Monte-Carlo labels.
+    """
+    preset = arg or "cpu"
+    c = base_config(f"ppo_{scheme}", "pipeline")
+    c.ppo.scheme = scheme
+    c.rm.kind = "orm" if scheme == "orm" else "prm"
+    if preset == "cpu":
+        return _ppo_cpu(c)
+    if preset == "paper":
+        return _ppo_paper(c)
+    raise ValueError(f"configs/ppo_{scheme}.py: unknown preset {arg!r}; expected '' (cpu) or 'paper'")
+
+
+def _ppo_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """CPU-minutes preset of the main job (sizes measured on a 2-core CPU)."""
+    c.ppo.steps = 40
+    c.ppo.rollout_batch = 64
+    c.ppo.minibatches = 2
+    c.ppo.epochs = 1
+    c.ppo.learning_rate = 1e-4
+    c.ppo.critic_learning_rate = 3e-4
+    c.ppo.eval_limit = 0  # the pipeline evaluates the final policy on pipeline.eval_limit problems
+    c.checkpoint.every_steps = 20
+    return c
+
+
+def _ppo_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Real-scale preset: Qwen2-1.5B, GSM8K + MATH, bfloat16, FSDP over all devices."""
+    c.model.hf_path = "Qwen/Qwen2-1.5B"
+    c.model.dtype = "bfloat16"
+    c.data.train_sources = "gsm8k,math"
+    c.data.eval_sources = "gsm8k,math500"
+    c.data.num_train = 0
+    c.data.max_prompt_len = 320
+    c.data.max_response_len = 512
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.sampler.batch_size = 128
+    # SFT (as configs/sft.py:paper).
+    c.sft.steps = 700
+    c.sft.batch_size = 64
+    c.sft.learning_rate = 1e-5
+    c.sft.end_lr_ratio = 0.0
+    c.sft.warmup_steps = 30
+    c.sft.weight_decay = 0.0
+    c.sft.b2 = 0.95
+    c.sft.eval_every = 200
+    c.sft.eval_limit = 100
+    c.sft.log_every = 10
+    # Reward model used when ppo.reward_model is empty: Math-Shepherd-style labels.
+    c.rm.labels = "montecarlo"
+    c.rm.mc_samples = 8
+    c.rm.num_problems = 2000
+    c.rm.steps = 1000
+    c.rm.batch_size = 64
+    c.rm.learning_rate = 1e-5
+    # PPO (the seeds: KL 0.1, clip 0.2, eta 0.8).
+    c.ppo.train_sources = "gsm8k:0.5,math:0.5"
+    c.ppo.steps = 500
+    c.ppo.rollout_batch = 128
+    c.ppo.minibatches = 4
+    c.ppo.epochs = 1
+    c.ppo.learning_rate = 1e-6
+    c.ppo.critic_learning_rate = 5e-6
+    c.ppo.warmup_steps = 10
+    c.ppo.max_steps = 32
+    c.ppo.eval_every = 50
+    c.ppo.eval_limit = 200
+    c.eval.sources = "gsm8k,math500"
+    c.eval.max_new_tokens = 512
+    c.eval.batch_size = 128
+    c.pipeline.eval_limit = 0  # whole test sets
+    c.pipeline.eval_batch_size = 128
+    c.checkpoint.every_steps = 50
     return c
