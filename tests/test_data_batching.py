@@ -66,6 +66,11 @@ def test_tokenizer_save_and_load_in_transformers(tok, tmp_path):
         assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
     with pytest.raises(FileNotFoundError):
         tokenizer_lib.load_tokenizer(tmp_path / "missing")
+    # Saved next to an exported model: config.json must not change how it tokenizes.
+    (tmp_path / "tok" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    beside_model = tokenizer_lib.load_tokenizer(folder)
+    assert beside_model(text, add_special_tokens=False)["input_ids"] == expected
+    assert beside_model.decode(expected) == text
 
 
 # ---------------------------------------------------------------- encoding

@@ -90,13 +90,20 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """A tokenizer from a tokenizer.json file or an HF tokenizer folder (local files only)."""
+    """A tokenizer from a tokenizer.json file or an HF tokenizer/model folder (local files only)."""
     path = os.fspath(path)
     if os.path.isfile(path):
         tok = as_hf(tokenizers.Tokenizer.from_file(path))
         return tok
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer {path!r}: no such file or folder")
+    if os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
+        # Read tokenizer.json as saved. AutoTokenizer would follow a model folder's
+        # config.json (e.g. model_type qwen2) and rebuild a class-specific tokenizer
+        # from the vocabulary alone, losing our Metaspace/digit pre-tokenizer.
+        from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     from transformers import AutoTokenizer  # noqa: PLC0415
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
