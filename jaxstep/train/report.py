@@ -1,0 +1,219 @@
+"""Markdown reports and PNG plots for any stage: accuracy tables and metric curves.
+
+Reusable pieces (every function writes nothing unless it is given a path):
+
+    rows = [{"source": "synthetic", "level": 2, "subject": "chain", "correct": True}, ...]
+    table = accuracy_by(rows, "subject")            # [Group(name, n, correct, accuracy)]
+    md = markdown_table(["set", "n", "accuracy"], [[...], ...])
+    plot_accuracy_bars({"sft": 0.41, "ppo": 0.52}, "acc.png", title="Greedy accuracy")
+    plot_metric_curves({"sft": read_metrics(p)}, ["loss"], "loss.png")
+    write_markdown("report.md", "# Title", md, ...)
+
+Matplotlib runs on the non-interactive Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Accuracy of one group of graded items."""
+
+    name: str
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def _sort_key(value: Any):
+    # Numbers first in numeric order, then strings; None ("unknown") last.
+    if value is None:
+        return (2, "")
+    if isinstance(value, (int, float)):
+        return (0, value)
+    return (1, str(value))
+
+
+def accuracy_by(rows: Iterable[Mapping[str, Any]], key: str | Callable[[Mapping[str, Any]], Any] | None = None,
+                *, correct_key: str = "correct") -> list[Group]:
+    """Accuracy of `rows` (dicts with a boolean `correct_key`) grouped by `key`.
+
+    Args:
+      rows: graded items, e.g. the lines of samples.jsonl.
+      key: a field name, a function of the row, or None for one group "all".
+      correct_key: the field holding the 0/1 or bool verdict.
+
+    Returns:
+      Groups sorted by their key (numbers ascending, then names; None last as "?").
+    """
+    counts: dict[Any, list[int]] = {}
+    for row in rows:
+        if key is None:
+            value = "all"
+        else:
+            value = key(row) if callable(key) else row.get(key)
+        n_correct = counts.setdefault(value, [0, 0])
+        n_correct[0] += 1
+        n_correct[1] += int(bool(row[correct_key]))
+    return [Group("?" if value is None else str(value), n, c)
+            for value, (n, c) in sorted(counts.items(), key=lambda kv: _sort_key(kv[0]))]
+
+
+def format_accuracy(value: float, digits: int = 1) -> str:
+    """0.4125 -> "41.2%"; NaN -> "-"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.{digits}f}%"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table; `align` per column: "l" | "r" | "c" (default: l then r)."""
+    if align is None:
+        align = ["l"] + ["r"] * (len(headers) - 1)
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |",
+             "| " + " | ".join(marks[a] for a in align) + " |"]
+    for row in rows:
+        cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def group_table(groups: Sequence[Group], label: str = "group") -> str:
+    """Markdown table of `accuracy_by` groups: label | n | correct | accuracy."""
+    return markdown_table([label, "n", "correct", "accuracy"],
+                          [[g.name, g.n, g.correct, format_accuracy(g.accuracy)] for g in groups])
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width plain-text table (for printing to the terminal)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for k, row in enumerate(cells):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415 - heavy; only when plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_accuracy_bars(values: Mapping[str, float] | Mapping[str, Mapping[str, float]], path: str, *,
+                       title: str = "Accuracy", ylabel: str = "accuracy",
+                       counts: Mapping[str, int] | None = None) -> str:
+    """Bar chart of accuracies, saved as a PNG at `path`; returns `path`.
+
+    Args:
+      values: {bar: accuracy} for one series, or {series: {bar: accuracy}} for grouped
+        bars (e.g. {"sft": {"level 1": .6, ...}, "ppo": {...}}).
+      counts: optional {bar: n} written under the bars' labels.
+    """
+    plt = _pyplot()
+    series = values if values and all(isinstance(v, Mapping) for v in values.values()) else {"": values}
+    bars: list[str] = []
+    for s in series.values():
+        for bar in s:
+            if bar not in bars:
+                bars.append(bar)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(bars) * max(1, len(series)) + 1.5), 3.6))
+    width = 0.8 / max(1, len(series))
+    for k, (name, s) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(bars))]
+        ys = [float(s.get(b, float("nan"))) for b in bars]
+        rects = ax.bar(xs, [0 if math.isnan(y) else y for y in ys], width, label=name or None)
+        for rect, y in zip(rects, ys):
+            if not math.isnan(y):
+                ax.annotate(f"{100 * y:.0f}%", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                            ha="center", va="bottom", fontsize=8)
+    labels = [f"{b}\n(n={counts[b]})" if counts and b in counts else b for b in bars]
+    ax.set_xticks(range(len(bars)), labels, fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metric_series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of a metric in metrics.jsonl rows; rows without it are skipped."""
+    steps, values = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "step" in row:
+            steps.append(float(row["step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def plot_metric_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str], path: str, *,
+                       title: str = "", xlabel: str = "step") -> str | None:
+    """One panel per metric key, one line per run; returns `path`, or None if no data.
+
+    Args:
+      runs: {run name: rows of its metrics.jsonl} (see `jaxstep.metrics.read_metrics`).
+      keys: metric names to plot (a key no run has is left out).
+    """
+    keys = [k for k in keys if any(metric_series(rows, k)[0] for rows in runs.values())]
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, rows in runs.items():
+            xs, ys = metric_series(rows, key)
+            if xs:
+                ax.plot(xs, ys, label=name or None, marker="." if len(xs) < 30 else None)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- files
+
+def write_markdown(path: str, *sections: str) -> str:
+    """Writes the sections (Markdown strings) separated by blank lines; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def image_link(path: str, relative_to: str, alt: str = "") -> str:
+    """Markdown image link to `path`, relative to the folder of the report."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
+    return f"![{alt or os.path.basename(path)}]({rel})"
