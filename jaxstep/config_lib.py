@@ -29,7 +29,7 @@ def model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.hf_path = ""  # local HF folder or hub name; "" = build the tiny model below from scratch
     m.dtype = "float32"  # compute dtype; keep float32 on CPU, "bfloat16" on TPU/GPU
-    m.arch = "qwen2"  # tiny model family when training from scratch: qwen2 | llama | opt
+    m.arch = "llama"  # tiny model family: llama | qwen2 | opt (AutoTokenizer misreads the tiny tokenizer of a qwen2 export)
     m.hidden_size = 128
     m.num_layers = 4
     m.num_heads = 4
@@ -52,6 +52,9 @@ def data_config() -> ml_collections.ConfigDict:
     d.synthetic_min_steps = 2  # synthetic problem difficulty: steps per solution
     d.synthetic_max_steps = 4
     d.synthetic_max_value = 20  # largest operand in synthetic problems
+    d.synthetic_max_factor = 5  # largest multiplier / divisor in synthetic problems
+    d.synthetic_max_result = 100  # largest intermediate value in synthetic problems
+    d.synthetic_ops = "+-*/"  # operations synthetic problems may use
     d.tokenizer = ""  # HF tokenizer folder; "" = train a tiny BPE on the synthetic corpus
     d.tokenizer_vocab_size = 256  # size of the tiny BPE tokenizer
     d.max_prompt_len = 64  # prompts are left-padded to this many tokens (truncated left)
@@ -103,27 +106,35 @@ def sft_config() -> ml_collections.ConfigDict:
     """Stage sft: next-token loss on reference solutions (loss on the solution only)."""
     s = ml_collections.ConfigDict()
     s.init_from = ""  # HF folder/hub name to fine-tune; "" = model.hf_path, else the tiny model from scratch
-    s.steps = 1500
-    s.batch_size = 32
-    s.learning_rate = 3e-3
-    s.warmup_steps = 100
-    s.weight_decay = 0.01
-    s.grad_clip = 1.0
-    s.eval_every = 500  # greedy accuracy on a slice of the eval set every N steps (0 = off)
-    s.eval_limit = 100  # problems in that periodic eval
-    s.log_every = 25
+    s.steps = 1500  # optimizer steps
+    s.batch_size = 32  # global batch (sequences per step, split over the mesh's data axes)
+    s.learning_rate = 3e-3  # peak AdamW learning rate
+    s.end_lr_ratio = 0.1  # cosine decay ends at learning_rate * end_lr_ratio
+    s.warmup_steps = 100  # linear warmup from 0 to learning_rate
+    s.weight_decay = 0.01  # AdamW decoupled weight decay (not on norms and biases)
+    s.b1 = 0.9  # AdamW beta1
+    s.b2 = 0.98  # AdamW beta2
+    s.grad_clip = 1.0  # global gradient-norm clip (0 = off)
+    s.max_len = 0  # tokens per training sequence; 0 = data.max_prompt_len + data.max_response_len
+    s.eval_every = 500  # greedy accuracy on a slice of the eval set every N steps (0 = only at the end)
+    s.eval_limit = 100  # problems in that periodic eval (0 = no eval at all)
+    s.log_every = 25  # metrics line every N steps
+    s.export = True  # write <workdir>/export (HF folder + tokenizer) at the end
     return s
 
 
 def eval_config() -> ml_collections.ConfigDict:
     """Stage eval: greedy (and optional sampled pass@k) accuracy on the eval sets."""
     e = ml_collections.ConfigDict()
-    e.model = ""  # HF folder of the policy to evaluate ("" = <workdir>/../sft/export)
-    e.sources = "synthetic"  # comma list: synthetic | gsm8k | math | math500
+    e.model = ""  # HF folder (or hub name) of the policy to evaluate ("" = <workdir>/../sft/export)
+    e.label = ""  # name of the evaluated model in the report ("" = the folder name)
+    e.sources = "synthetic"  # comma list: synthetic | gsm8k | math | math500 | a local file
+    e.split = "test"  # split of every source (MATH500 only has test)
     e.limit = 400  # problems per set (0 = all)
-    e.max_new_tokens = 96
-    e.pass_k = 0  # >0: also sample k solutions per problem and report pass@k
-    e.batch_size = 128
+    e.max_new_tokens = 96  # generation budget per solution
+    e.pass_k = 0  # >0: also sample k solutions per problem (sampler.temperature/top_k/top_p) and report pass@k
+    e.batch_size = 128  # prompts decoded at once (rounded up to a multiple of the data-parallel size)
+    e.plots = True  # write PNG plots next to report.md
     return e
 
 
@@ -240,6 +251,8 @@ def sweep_config() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
     s.schemes = "orm,prm_max,prm_min,clip_delta"  # comma list of ppo.scheme values
     s.seeds = 1  # PPO runs per scheme (seed, seed+1, ...)
+    s.prm = ""  # PRM folder for the PRM schemes; "" = train it in <workdir>/prm
+    s.orm = ""  # ORM folder for the orm scheme; "" = train it in <workdir>/orm (same SFT policy)
     return s
 
 
