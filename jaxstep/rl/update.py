@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxstep.parallel.rules import activation_sharding
 from jaxstep.rl import losses
 from jaxstep.rl.gae import gae, masked_mean, whiten
 from jaxstep.rl.kl import KLState, init_kl_state, update_kl_state
@@ -94,13 +95,26 @@ class PPOState:
 
 def init_ppo_state(policy_params, critic_params, policy_tx: optax.GradientTransformation,
                    critic_tx: optax.GradientTransformation, kl_coef: float) -> PPOState:
-    """A fresh state. Optimizer states are built by jitted inits, so they follow the
-    params' sharding when the params are sharded arrays."""
+    """A fresh state that owns its buffers.
+
+    The params are copied (keeping their shardings): the update donates the state, so
+    arrays shared with the caller (a reference policy built from the same SFT params, or
+    a critic made by `scalar_params_from_decoder`, which shares the decoder's arrays)
+    would otherwise be deleted or donated twice. Optimizer states are built by jitted
+    inits, so they follow the params' sharding.
+    """
+    policy_params = _copy_tree(policy_params)
+    critic_params = _copy_tree(critic_params)
     return PPOState(policy_params=policy_params,
                     policy_opt_state=jax.jit(policy_tx.init)(policy_params),
                     critic_params=critic_params,
                     critic_opt_state=jax.jit(critic_tx.init)(critic_params),
                     kl=init_kl_state(kl_coef), step=jnp.zeros((), jnp.int32))
+
+
+@jax.jit
+def _copy_tree(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
 
 
 def ppo_state_shardings(state: PPOState, mesh: jax.sharding.Mesh) -> PPOState:
@@ -130,7 +144,7 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
                     policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
                     cfg: PPOConfig = PPOConfig(), *, mesh: jax.sharding.Mesh | None = None,
                     state_shardings=None, batch_axes: tuple[str, ...] = ("data", "fsdp"),
-                    donate: bool = True) -> Callable:
+                    logical_rules=None, donate: bool = True) -> Callable:
     """Builds the jitted `update(state, batch, key) -> (state, metrics)`.
 
     Args:
@@ -145,6 +159,9 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         leaves are replicated).
       batch_axes: mesh axes the batch dimension is split over (those absent from the
         mesh are ignored). The batch and each minibatch must divide evenly over them.
+      logical_rules: logical-axis rules (`config.mesh.rules`) under which the models'
+        activation constraints are traced (`jaxstep.parallel.rules.activation_sharding`);
+        None uses the default rules. Only used with a mesh.
       donate: donate the input state's buffers.
 
     Returns:
@@ -312,6 +329,7 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         # single-device scalar and its replicated copy trace differently: a recompile).
         state = jax.device_put(state, shardings)
         batch = jax.device_put(dict(batch), batch_sharding)
-        return fn(state, batch, jax.device_put(key, replicated))
+        with activation_sharding(mesh, logical_rules):
+            return fn(state, batch, jax.device_put(key, replicated))
 
     return sharded_update
