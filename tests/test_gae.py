@@ -45,6 +45,10 @@ def test_gae_matches_python_loop(gamma, lam):
     np.testing.assert_allclose(np.asarray(adv), ref_adv, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ret), ref_ret, rtol=1e-5, atol=1e-5)
     assert (np.asarray(adv)[~mask] == 0).all() and (np.asarray(adv)[2] == 0).all()
+    # Garbage (NaN) off the mask does not leak into valid positions.
+    adv_nan, _ = gae(np.where(mask, rewards, np.nan), np.where(mask, values, np.nan), mask,
+                     gamma=gamma, lam=lam)
+    np.testing.assert_array_equal(np.asarray(adv_nan), np.asarray(adv))
 
 
 def test_gae_hand_values_and_padding_ignored():
@@ -75,3 +79,6 @@ def test_masked_mean_var_and_whiten_match_numpy():
     np.testing.assert_allclose(w2[mask], (sel - sel.mean()) / np.sqrt(sel.var() + 1e-8) + sel.mean(),
                                rtol=1e-4, atol=1e-5)
     assert float(masked_mean(x, np.zeros_like(mask))) == 0.0
+    poisoned = np.where(mask, x, np.nan)
+    np.testing.assert_allclose(float(masked_mean(poisoned, mask)), sel.mean(), rtol=1e-5)
+    assert np.isfinite(np.asarray(whiten(poisoned, mask))).all()

@@ -14,7 +14,8 @@ from jaxstep.rl.gae import gae, masked_mean, whiten
 from jaxstep.rl.losses import policy_loss
 from jaxstep.rl.logprobs import (default_positions, sequence_logprobs, sequence_values, shift_values,
                                  token_logprobs)
-from jaxstep.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, ppo_state_shardings
+from jaxstep.rl.update import (PPOConfig, PPOState, compute_advantages, init_ppo_state, make_ppo_update,
+                               ppo_state_shardings)
 
 VOCAB, HIDDEN, MAX_POS = 32, 16, 32
 BATCH, PROMPT, RESPONSE = 8, 4, 6
@@ -168,6 +169,29 @@ def test_update_gae_uses_kl_penalised_rewards(update_fn):
     np.testing.assert_allclose(float(metrics["reward"]), float(rewards.sum(-1).mean()), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["advantage_mean"]), float(masked_mean(adv, mask)), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["return_mean"]), float(masked_mean(ret, mask)), rtol=1e-4)
+
+
+def test_compute_advantages_normalisation_and_no_reference():
+    rng = np.random.default_rng(5)
+    mask = np.zeros((4, 6), np.float32)
+    mask[:, 2:5] = 1
+    rewards = (rng.normal(size=(4, 6)) * 3).astype(np.float32)
+    values = rng.normal(size=(4, 6)).astype(np.float32)
+    batch = {"response_mask": mask, "token_rewards": rewards, "values": values,
+             "old_logprobs": np.zeros((4, 6), np.float32)}
+    cfg = PPOConfig(normalize_rewards=True, whiten_advantages=False, gamma=1.0, lam=1.0)
+    adv, ret, seq_kl, metrics = compute_advantages(batch, 0.5, cfg)
+    scaled = rewards * mask / (rewards * mask).sum(-1).std()
+    # gamma = lam = 1: returns are the reward-to-go over the response, no KL (no reference).
+    expected = np.cumsum(scaled[:, ::-1], axis=1)[:, ::-1] * mask
+    np.testing.assert_allclose(np.asarray(ret), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(adv), (expected - values) * mask, rtol=1e-5, atol=1e-6)
+    assert "kl" not in metrics and (np.asarray(seq_kl) == 0).all()
+    np.testing.assert_allclose(float(metrics["score"]), (rewards * mask).sum(-1).mean(), rtol=1e-5)
+    # No spread between sequences: no scaling (instead of dividing by ~0).
+    flat = dict(batch, token_rewards=np.where(np.arange(6) == 4, 1.0, 0.0)[None].repeat(4, 0).astype(np.float32))
+    _, ret_flat, _, _ = compute_advantages(flat, 0.5, cfg)
+    np.testing.assert_allclose(np.asarray(ret_flat)[:, 2:5], 1.0, rtol=1e-6)
 
 
 def test_update_skips_on_nan_rewards_bitwise(update_fn):

@@ -50,9 +50,10 @@ def gae(rewards: jnp.ndarray, values: jnp.ndarray, mask: jnp.ndarray, *, gamma: 
 
 def masked_mean(x: jnp.ndarray, mask: jnp.ndarray, axis=None) -> jnp.ndarray:
     """Mean of `x` over positions where `mask` is set (0 when none), float32."""
-    mask = jnp.asarray(mask, jnp.float32)
-    total = jnp.sum(jnp.asarray(x, jnp.float32) * mask, axis=axis)
-    return total / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+    valid = jnp.asarray(mask).astype(bool)
+    # where, not multiply: a NaN/inf off the mask (padding) must not leak in.
+    total = jnp.sum(jnp.where(valid, jnp.asarray(x, jnp.float32), 0.0), axis=axis)
+    return total / jnp.maximum(jnp.sum(valid.astype(jnp.float32), axis=axis), 1.0)
 
 
 def masked_var(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

@@ -61,7 +61,8 @@ class PPOConfig:
     kl_horizon: adaptive KL controller horizon (in samples).
     whiten_advantages: normalise advantages over the batch's valid tokens.
     normalize_rewards: divide token rewards by the std over the batch of the per-sequence
-      reward sums (scale only, the sign is kept), before the KL penalty.
+      reward sums (scale only, the sign is kept; skipped when the std is ~0), before
+      the KL penalty.
     temperature: sampling temperature of the rollouts (logits are divided by it).
     compute_entropy: compute the policy entropy (a metric; required when ent_coef > 0).
     """
@@ -129,6 +130,41 @@ def ppo_state_shardings(state: PPOState, mesh: jax.sharding.Mesh) -> PPOState:
             return sharding
         return replicated
     return jax.tree_util.tree_map(one, state)
+
+
+def compute_advantages(batch: dict, kl_coef, cfg: PPOConfig):
+    """Rollout batch -> (advantages, returns, seq_kl, metrics), the update's first stage.
+
+    token rewards (optionally scaled by the batch std of their per-sequence sums; no
+    scaling when there is no spread) -> `- kl_coef * k1` on the response tokens when
+    `cfg.kl_in_reward` and the batch has `ref_logprobs` -> GAE -> whitening (if on).
+    `seq_kl` `[batch]` is the per-sequence summed k1 KL (zeros without ref_logprobs).
+    """
+    mask = batch["response_mask"].astype(jnp.float32)
+    valid = mask > 0
+    scores = jnp.where(valid, batch["token_rewards"].astype(jnp.float32), 0.0)
+    rewards = scores
+    if cfg.normalize_rewards:
+        std = jnp.std(scores.sum(-1))
+        rewards = rewards * jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 1.0)
+    metrics = {}
+    seq_kl = jnp.zeros(mask.shape[:1], jnp.float32)
+    if "ref_logprobs" in batch:
+        k1 = jnp.where(valid, losses.kl_k1(batch["old_logprobs"], batch["ref_logprobs"]), 0.0)
+        seq_kl = k1.sum(-1)
+        metrics["kl"] = seq_kl.mean()
+        if cfg.kl_in_reward:
+            rewards = rewards - kl_coef * k1
+    values = batch["values"].astype(jnp.float32)
+    advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+    metrics.update(
+        score=scores.sum(-1).mean(), reward=rewards.sum(-1).mean(),
+        advantage_mean=masked_mean(advantages, mask), return_mean=masked_mean(returns, mask),
+        value_mean=masked_mean(values, mask), response_length=mask.sum(-1).mean(),
+        kl_coef=jnp.asarray(kl_coef, jnp.float32))
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    return advantages, returns, seq_kl, metrics
 
 
 def _all_finite(tree) -> jnp.ndarray:
@@ -246,29 +282,9 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         if positions is None:
             positions = default_positions(batch["attention_mask"])
 
-        # Rewards (+ KL) -> GAE -> whitening, on the whole rollout batch.
-        rewards = jnp.where(mask > 0, batch["token_rewards"].astype(jnp.float32), 0.0)
-        if cfg.normalize_rewards:
-            seq_rewards = rewards.sum(-1)
-            rewards = rewards * jax.lax.rsqrt(jnp.var(seq_rewards) + 1e-8)
+        advantages, returns, seq_kl, metrics = compute_advantages(batch, state.kl.coef, cfg)
         has_ref = "ref_logprobs" in batch
-        metrics = {}
-        seq_kl = jnp.zeros((batch_size,), jnp.float32)
-        if has_ref:
-            k1 = jnp.where(mask > 0, losses.kl_k1(batch["old_logprobs"], batch["ref_logprobs"]), 0.0)
-            seq_kl = k1.sum(-1)
-            metrics["kl"] = seq_kl.mean()
-            if cfg.kl_in_reward:
-                rewards = rewards - state.kl.coef * k1
         old_values = batch["values"].astype(jnp.float32)
-        advantages, returns = gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        metrics.update(
-            score=(batch["token_rewards"].astype(jnp.float32) * mask).sum(-1).mean(),
-            reward=rewards.sum(-1).mean(), advantage_mean=masked_mean(advantages, mask),
-            return_mean=masked_mean(returns, mask), value_mean=masked_mean(old_values, mask),
-            response_length=mask.sum(-1).mean(), kl_coef=state.kl.coef)
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
 
         data = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                 "positions": positions, "response_mask": mask,
