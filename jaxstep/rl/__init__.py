@@ -1,1 +1,9 @@
-"""jaxstep.rl."""
+"""jaxstep.rl: the PPO math, all float32 over `[batch, time]` token arrays.
+
+- `logprobs`: aligned per-token logprobs/entropies/values (index t refers to token t).
+- `gae`: masked GAE as a reverse `lax.scan`, masked mean/var, whitening.
+- `losses`: clipped policy and value losses, entropy bonus, k1/k3 KL estimators.
+- `kl`: fixed or adaptive (target, horizon) KL coefficient as a checkpointable state.
+- `update`: `make_ppo_update(...)`, one jitted (optionally mesh-sharded) PPO update of
+  a policy and a separate critic; `init_ppo_state`, `PPOConfig`, `compute_advantages`.
+"""
