@@ -50,8 +50,8 @@ def data_config() -> ml_collections.ConfigDict:
     d.num_train = 4000  # synthetic train problems (0 = all available for real sets)
     d.num_eval = 400  # eval problems per set (0 = the whole split)
     d.synthetic_min_steps = 2  # synthetic problem difficulty: steps per solution
-    d.synthetic_max_steps = 4
-    d.synthetic_max_value = 20  # largest operand in synthetic problems
+    d.synthetic_max_steps = 3
+    d.synthetic_max_value = 10  # largest operand in synthetic problems
     d.synthetic_max_factor = 5  # largest multiplier / divisor in synthetic problems
     d.synthetic_max_result = 100  # largest intermediate value in synthetic problems
     d.synthetic_ops = "+-*/"  # operations synthetic problems may use
@@ -106,17 +106,17 @@ def sft_config() -> ml_collections.ConfigDict:
     """Stage sft: next-token loss on reference solutions (loss on the solution only)."""
     s = ml_collections.ConfigDict()
     s.init_from = ""  # HF folder/hub name to fine-tune; "" = model.hf_path, else the tiny model from scratch
-    s.steps = 1500  # optimizer steps
+    s.steps = 500  # optimizer steps
     s.batch_size = 32  # global batch (sequences per step, split over the mesh's data axes)
-    s.learning_rate = 3e-3  # peak AdamW learning rate
+    s.learning_rate = 5e-3  # peak AdamW learning rate
     s.end_lr_ratio = 0.1  # cosine decay ends at learning_rate * end_lr_ratio
-    s.warmup_steps = 100  # linear warmup from 0 to learning_rate
+    s.warmup_steps = 30  # linear warmup from 0 to learning_rate
     s.weight_decay = 0.01  # AdamW decoupled weight decay (not on norms and biases)
     s.b1 = 0.9  # AdamW beta1
     s.b2 = 0.98  # AdamW beta2
     s.grad_clip = 1.0  # global gradient-norm clip (0 = off)
     s.max_len = 0  # tokens per training sequence; 0 = data.max_prompt_len + data.max_response_len
-    s.eval_every = 500  # greedy accuracy on a slice of the eval set every N steps (0 = only at the end)
+    s.eval_every = 250  # greedy accuracy on a slice of the eval set every N steps (0 = only at the end)
     s.eval_limit = 100  # problems in that periodic eval (0 = no eval at all)
     s.log_every = 25  # metrics line every N steps
     s.export = True  # write <workdir>/export (HF folder + tokenizer) at the end
