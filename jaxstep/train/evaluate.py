@@ -135,10 +135,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "finished": _mean(bool(r.get("finished", True)) for r in mine),
             "mean_tokens": _mean(r.get("num_tokens", 0) for r in mine),
         }
-        if any("samples" in r for r in mine):
-            entry["k"] = max(len(r.get("samples", ())) for r in mine)
-            entry["pass_at_k"] = _mean(bool(r.get("pass_at_k")) for r in mine)
-            entry["sample_accuracy"] = _mean(s["correct"] for r in mine for s in r.get("samples", ()))
+        sampled = [r for r in mine if r.get("samples")]
+        if sampled:  # over the problems that have samples
+            entry["k"] = max(len(r["samples"]) for r in sampled)
+            entry["pass_at_k"] = _mean(any(s["correct"] for s in r["samples"]) for r in sampled)
+            entry["sample_accuracy"] = _mean(s["correct"] for r in sampled for s in r["samples"])
         if any(r.get("level") is not None for r in mine):
             entry["by_level"] = {g.name: {"n": g.n, "accuracy": g.accuracy}
                                  for g in report_lib.accuracy_by(mine, "level")}
