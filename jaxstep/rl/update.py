@@ -23,6 +23,14 @@ logprobs and values of a rollout):
   ref_logprobs    float32 (optional) log pi_ref(token t); needed for the KL terms
                   (without it no KL is added: pass token_rewards that already hold it)
   positions       int32   (optional) position ids; default `default_positions(mask)`
+
+Metrics (float32 scalars): rollout-level `score` (mean summed token_rewards), `reward`
+(after normalisation and KL), `kl` (mean per-sequence summed k1 KL; with ref_logprobs),
+`kl_coef` (used for this batch), `advantage_mean`, `return_mean`, `value_mean` (before
+whitening), `response_length`; averaged over the minibatch steps: `loss`,
+`policy_loss`, `clip_frac`, `approx_kl`, `entropy` (compute_entropy), `kl_loss` (k3),
+`value_loss`, `value_clip_frac`, `policy_grad_norm`, `critic_grad_norm`; and `skipped`
+(1 if any minibatch step was skipped) and `skipped_minibatches` (their count).
 """
 from __future__ import annotations
 
