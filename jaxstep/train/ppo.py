@@ -232,7 +232,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     mesh = common.make_mesh(config)
     rules = config.mesh.rules
     root = jax.random.key(config.seed)
-    k_critic, k_loop = jax.random.fold_in(root, 301), jax.random.fold_in(root, 302)
+    k_critic, k_loop = jax.random.fold_in(root, 301), common.place_on_mesh(jax.random.fold_in(root, 302), mesh)
     if p.critic_init == "reward_model":
         if not shared_tokens:
             raise ValueError(f"ppo.critic_init='reward_model' needs the reward model ({rm_path}) to "
@@ -282,7 +282,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     restored = ckpt.restore_latest({"ppo": state_to_tree(state), "rng": k_loop})
     if restored is not None:
         _, tree, extra = restored
-        state, k_loop = tree_to_state(tree["ppo"]), tree["rng"]
+        state, k_loop = tree_to_state(tree["ppo"]), common.place_on_mesh(tree["rng"], mesh)
         loader.set_state(extra["data"])
         guard.load_state_dict(extra["guard"])
         logger.info("ppo: resumed from iteration %d", int(state.step))

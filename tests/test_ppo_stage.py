@@ -1,0 +1,262 @@
+"""Stage ppo: rollout pieces (sampling, step ends, the jitted scoring/shaping pass) and the
+stage itself on a tiny model (iterations, checkpoints, metrics, resume, export)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxstep import config_lib
+from jaxstep.data import batching, formatting
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.metrics import read_metrics
+from jaxstep.rewards import scoring
+from jaxstep.train import common, ppo, reward_models
+from jaxstep.train import rollout as rollout_lib
+
+P, R, S = 64, 24, 8
+
+
+def tiny_config(scheme="prm_dense", steps=2):
+    c = config_lib.base_config("test_ppo", "ppo")
+    c.data.num_train = 200
+    c.data.num_eval = 8
+    c.data.max_prompt_len = P
+    c.data.max_response_len = R
+    c.model.hidden_size = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 1
+    c.model.intermediate_size = 64
+    c.ppo.scheme = scheme
+    c.ppo.steps = steps
+    c.ppo.rollout_batch = 8
+    c.ppo.minibatches = 1
+    c.ppo.max_steps = S
+    c.ppo.learning_rate = 1e-3
+    c.ppo.eval_limit = 8
+    c.checkpoint.every_steps = 1
+    return c
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: the resumed stage run (a new
+    process in real life) recompiles the same update, which then takes a second, not 20."""
+    from jax._src import compilation_cache  # noqa: PLC0415
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {n: getattr(jax.config, n) for n in names}
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random policy exported as <root>/sft/export and a PRM and an ORM from it."""
+    root = str(tmp_path_factory.mktemp("ppo_chain"))
+    config = tiny_config()
+    tokenizer = common.get_tokenizer(config)
+    model, params = common.build_model(config, tokenizer)
+    common.export(os.path.join(root, "sft"), model, params, tokenizer)
+    for i, kind in enumerate(("prm", "orm")):
+        rm, rm_params, head = reward_models.reward_model_from_generator(model, params, jax.random.key(i + 1))
+        rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
+        reward_models.save_reward_model(os.path.join(root, kind, "export"), rm, rm_params, tokenizer, kind,
+                                        lm_head=head)
+    rm_model, rm_params, _, _ = reward_models.load_reward_model(os.path.join(root, "prm", "export"))
+    orm_model, orm_params, _, _ = reward_models.load_reward_model(os.path.join(root, "orm", "export"))
+    problems = common.load_problems(config, "synthetic", "train")[:8]
+    return dict(root=root, config=config, tokenizer=tokenizer, model=model, params=params,
+                rm=(rm_model, rm_params), orm=(orm_model, orm_params), problems=problems)
+
+
+def rollout_from_texts(problems, texts, tokenizer, finished=True):
+    """A Rollout whose responses are given texts (tokenized, + EOS), as `sample` returns."""
+    ids = tokenizer_lib.special_ids(tokenizer)
+    enc = batching.encode_prompts(problems, tokenizer, P)
+    tokens = np.full((len(texts), R), ids["pad"], np.int32)
+    lengths = []
+    for b, text in enumerate(texts):
+        row = tokenizer(text, add_special_tokens=False)["input_ids"] + ([ids["eos"]] if finished else [])
+        row = row[:R]
+        tokens[b, :len(row)] = row
+        lengths.append(len(row))
+    steps = batching.batch_step_ends(tokens, tokenizer, max_steps=S)
+    n = len(texts)
+    return rollout_lib.Rollout(
+        problems=list(problems), prompt_ids=enc["ids"], prompt_mask=enc["mask"], tokens=tokens,
+        logprobs=np.zeros((n, R), np.float32), lengths=np.array(lengths, np.int32), texts=list(texts),
+        correct=np.array([i % 2 == 0 for i in range(n)]), has_answer=np.ones(n, bool),
+        finished=np.full(n, finished), step_ends=steps["step_ends"], step_mask=steps["step_mask"],
+        num_steps=steps["num_steps"])
+
+
+def test_sample_grades_and_finds_steps(tiny):
+    mesh = common.make_mesh(tiny["config"])
+    settings = ppo.sample_settings(tiny["config"])
+    out = rollout_lib.sample(tiny["model"], tiny["params"], tiny["tokenizer"], tiny["problems"],
+                             jax.random.key(0), settings, mesh=mesh)
+    assert out.tokens.shape == (8, R) and out.prompt_ids.shape == (8, P)
+    eos = tiny["tokenizer"].eos_token_id
+    for b in range(8):
+        n = out.lengths[b]
+        assert 1 <= n <= R
+        assert out.texts[b] == tiny["tokenizer"].decode(out.tokens[b, :n], skip_special_tokens=True)
+        assert out.finished[b] == (out.tokens[b, n - 1] == eos)
+        ends = batching.step_ends_from_tokens(out.tokens[b], tiny["tokenizer"])[:S]
+        np.testing.assert_array_equal(out.step_ends[b, :len(ends)], ends)
+        assert out.step_mask[b].sum() == len(ends)
+        assert np.all(out.logprobs[b, n:] == 0) and np.all(out.logprobs[b, :n] < 0)
+    batch = rollout_lib.sequence_batch(out)
+    np.testing.assert_array_equal(batch["input_ids"][:, P:], out.tokens)
+    np.testing.assert_array_equal(batch["response_mask"].sum(1), out.lengths)
+    assert batch["response_mask"][:, :P].sum() == 0
+
+
+def test_scorer_rewards_at_step_ends_and_reference_logprobs(tiny):
+    config, tok, model, params = tiny["config"], tiny["tokenizer"], tiny["model"], tiny["params"]
+    problems = tiny["problems"][:4]
+    texts = ["Ann has 1 + 1 = 2 apples.\n#### 2", "Ann has 1 + 1 = 2 apples.\nAnn has 1 + 1 = 2 apples.\n#### 2",
+             "#### 7", "Ben has 3 * 2 = 6 pens.\nThey have 6 - 1 = 5 pens.\n#### 5"]
+    roll = rollout_from_texts(problems, texts, tok)
+    batch = rollout_lib.sequence_batch(roll)
+    rm_model, rm_params = tiny["rm"]
+    shaping = rollout_lib.ShapingSettings(scheme="prm_dense", alpha=0.5, success_coef=2.0)
+    scorer = rollout_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P,
+                                     recompute_logprobs=True)
+    out = jax.device_get(scorer({"policy": params, "ref": params, "critic": rm_params, "rm": rm_params}, batch))
+    # Reference logprobs: exact log-softmax of a full forward at the response tokens, 0 elsewhere.
+    logits = np.asarray(model.apply({"params": params}, batch["input_ids"],
+                                    attention_mask=batch["attention_mask"], positions=batch["positions"]))
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    T = P + R
+    expected = np.zeros((4, T), np.float32)
+    expected[:, 1:] = np.take_along_axis(logp[:, :-1], batch["input_ids"][:, 1:, None], -1)[..., 0]
+    expected *= batch["response_mask"]
+    np.testing.assert_allclose(out["ref_logprobs"], expected, atol=2e-4)
+    np.testing.assert_allclose(out["old_logprobs"], out["ref_logprobs"], atol=1e-6)
+    # Step scores: sigmoid of the RM head at prompt + step end.
+    head = np.asarray(rm_model.apply({"params": rm_params}, batch["input_ids"],
+                                     attention_mask=batch["attention_mask"], positions=batch["positions"]))
+    for b in range(4):
+        k = int(roll.step_mask[b].sum())
+        assert k == len(formatting.split_steps(texts[b]))
+        pos = P + roll.step_ends[b, :k]
+        np.testing.assert_allclose(out["step_scores"][b, :k], 1 / (1 + np.exp(-head[b, pos])),
+                                   rtol=1e-4, atol=1e-6)
+        assert np.all(out["step_scores"][b, k:] == 0)
+        # Dense rewards: alpha * score at each step end, plus success_coef * success at the last token.
+        want = np.zeros(T, np.float32)
+        np.add.at(want, pos, 0.5 * out["step_scores"][b, :k])
+        want[P + roll.lengths[b] - 1] += 2.0 * roll.correct[b]
+        np.testing.assert_allclose(out["token_rewards"][b], want, atol=1e-6)
+        # Values: the critic's output after token t-1, only on the response.
+        np.testing.assert_allclose(out["values"][b, P:P + roll.lengths[b]],
+                                   head[b, P - 1:P + roll.lengths[b] - 1], rtol=1e-4, atol=1e-5)
+        assert np.all(out["values"][b, :P] == 0)
+    assert out["token_rewards"].dtype == np.float32
+
+
+def test_scorer_orm_and_retokenized_reward_model(tiny):
+    config, tok, model, params = tiny["config"], tiny["tokenizer"], tiny["model"], tiny["params"]
+    problems = tiny["problems"][:4]
+    texts = ["Ann has 4 + 1 = 5 apples.\n#### 5", "#### 3", "Ben has 3 * 2 = 6 pens.\n#### 6", "a\nb\n#### 1"]
+    roll = rollout_from_texts(problems, texts, tok)
+    batch = rollout_lib.sequence_batch(roll)
+    orm_model, orm_params = tiny["orm"]
+    scorer = rollout_lib.make_scorer(model, orm_model, orm_model, "orm",
+                                     rollout_lib.ShapingSettings(scheme="orm", success_coef=0.0), prompt_len=P)
+    out = jax.device_get(scorer({"policy": params, "ref": params, "critic": orm_params, "rm": orm_params}, batch))
+    direct = np.asarray(scoring.score_outcome(orm_model, orm_params, batch["input_ids"], batch["attention_mask"]))
+    np.testing.assert_allclose(out["outcome_scores"], direct, rtol=1e-5)
+    last = P + roll.lengths - 1
+    np.testing.assert_allclose(out["token_rewards"][np.arange(4), last], direct, rtol=1e-5)
+    assert np.count_nonzero(out["token_rewards"]) == 4
+    # A reward model with another tokenizer reads re-tokenized text; with the same one the
+    # scores must match the shared-sequence path exactly.
+    rm_model, rm_params = tiny["rm"]
+    shaping = rollout_lib.ShapingSettings(scheme="prm_min")
+    prm = rollout_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P)
+    params_tree = {"policy": params, "ref": params, "critic": rm_params, "rm": rm_params}
+    shared = jax.device_get(prm(params_tree, batch))
+    retok = dict(batch, **rollout_lib.reward_model_batch(roll, tok, P + R + 2, "\n"))
+    separate = jax.device_get(prm(params_tree, retok))
+    np.testing.assert_allclose(separate["step_scores"], shared["step_scores"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(separate["token_rewards"], shared["token_rewards"], rtol=1e-4, atol=1e-5)
+    assert rollout_lib.same_tokenizer(tok, tok)
+
+
+def test_update_config_and_inputs(tiny):
+    c = tiny_config()
+    cfg = ppo.ppo_update_config(c)
+    assert cfg.kl_in_reward and cfg.kl_loss_coef == 0 and cfg.kl_target is None and cfg.clip_eps == 0.2
+    c.ppo.kl_estimator, c.ppo.adaptive_kl = "k3", True
+    cfg = ppo.ppo_update_config(c)
+    assert not cfg.kl_in_reward and cfg.kl_loss_coef == pytest.approx(0.1) and cfg.kl_target is None
+    c.ppo.kl_estimator = "k1"
+    assert ppo.ppo_update_config(c).kl_target == 6.0
+    assert ppo.reward_model_kind("orm") == "orm" and ppo.reward_model_kind("clip_delta") == "prm"
+    with pytest.raises(ValueError, match="ppo.scheme"):
+        ppo.reward_model_kind("prm_median")
+    workdir = os.path.join(tiny["root"], "ppo")
+    assert ppo.input_paths(c, workdir) == (os.path.join(tiny["root"], "sft", "export"),
+                                           os.path.join(tiny["root"], "prm", "export"))
+    missing = tiny_config(scheme="orm")
+    missing.ppo.policy = os.path.join(tiny["root"], "sft", "export")
+    with pytest.raises(FileNotFoundError, match="ppo.reward_model"):
+        ppo.run(missing, os.path.join(tiny["root"], "elsewhere", "ppo"))
+
+
+def test_stage_runs_checkpoints_resumes_and_exports(tiny):
+    workdir = os.path.join(tiny["root"], "ppo")
+    config = tiny_config(steps=2)
+    config.ppo.eval_limit = 4
+    first = ppo.run(config, workdir, stop_after=1)  # "preempted" after one iteration
+    assert first == {"stopped_at": 1, "done": False}
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+    summary = ppo.run(config, workdir)  # resumes at iteration 1
+    rows = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "score" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("kl", "reward", "score", "policy_loss", "value_loss", "rollout_accuracy", "num_steps",
+                "response_length", "repeated_step_fraction", "empty_step_fraction", "rm_score",
+                "rollout_seconds", "update_seconds"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+    assert summary["steps"] == 2 and summary["skipped_steps"] == 0 and summary["eval_problems"] == 4
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["scheme"] == "prm_dense"
+    export = os.path.join(workdir, "export")
+    assert os.path.isfile(os.path.join(export, "model.safetensors"))
+    _, exported = common.build_model(config, common.get_tokenizer(config, export), export)
+    changed = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                           exported, tiny["params"])
+    assert max(jax.tree.leaves(changed)) > 0  # PPO moved the policy
+    assert os.path.isfile(os.path.join(workdir, "report.md"))
+    assert ppo.run(config, workdir) == summary  # done: reused, not recomputed
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tiny, tmp_path):
+    """Stopping after iteration 1 and resuming gives the same policy as running straight through."""
+    config = tiny_config(scheme="clip_delta", steps=2)
+    config.ppo.eval_limit = 0
+    config.ppo.policy = os.path.join(tiny["root"], "sft", "export")
+    config.ppo.reward_model = os.path.join(tiny["root"], "prm", "export")
+    straight = ppo.run(config, str(tmp_path / "a"))
+    ppo.run(config, str(tmp_path / "b"), stop_after=1)
+    resumed = ppo.run(config, str(tmp_path / "b"))
+    for a, b in zip(*(common.build_model(config, common.get_tokenizer(config, s["export"]), s["export"])[1:]
+                      for s in (straight, resumed))):
+        jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+    rows_a = read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
+    rows_b = read_metrics(str(tmp_path / "b" / "metrics.jsonl"))
+    assert [r["score"] for r in rows_a] == [r["score"] for r in rows_b]
