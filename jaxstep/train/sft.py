@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from jaxstep import checkpoint as checkpoint_lib
 from jaxstep.data import batching
 from jaxstep.metrics import MetricWriter
+from jaxstep.parallel import rules as rules_lib
 from jaxstep.train import common
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,15 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- optimizer
 
 def learning_rate_schedule(sft_config) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, cosine decay to `learning_rate * end_lr_ratio`."""
+    """Linear warmup to `learning_rate`, cosine decay to `learning_rate * end_lr_ratio`.
+
+    `sft_config`: the `sft` section, or a dict with the same fields.
+    """
     s = sft_config
-    warmup = min(s.warmup_steps, max(s.steps - 1, 0))
+    warmup = min(s["warmup_steps"], max(s["steps"] - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=s.learning_rate, warmup_steps=warmup,
-        decay_steps=max(s.steps, warmup + 1), end_value=s.learning_rate * s.end_lr_ratio)
+        init_value=0.0, peak_value=s["learning_rate"], warmup_steps=warmup,
+        decay_steps=max(s["steps"], warmup + 1), end_value=s["learning_rate"] * s["end_lr_ratio"])
 
 
 def _decay_mask(params):
@@ -54,10 +58,10 @@ def make_optimizer(sft_config) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay) on the schedule, after global-norm clipping."""
     s = sft_config
     parts = []
-    if s.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(s.grad_clip))
-    parts.append(optax.adamw(learning_rate_schedule(s), b1=s.b1, b2=s.b2,
-                             weight_decay=s.weight_decay, mask=_decay_mask))
+    if s["grad_clip"] > 0:
+        parts.append(optax.clip_by_global_norm(s["grad_clip"]))
+    parts.append(optax.adamw(learning_rate_schedule(s), b1=s["b1"], b2=s["b2"],
+                             weight_decay=s["weight_decay"], mask=_decay_mask))
     return optax.chain(*parts)
 
 
@@ -95,6 +99,23 @@ def train_step(model, tx, state: dict, batch: dict) -> tuple[dict, dict]:
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                  "rng": jax.random.fold_in(state["rng"], state["step"])}
     return new_state, metrics
+
+
+_OPTIMIZER_FIELDS = ("steps", "learning_rate", "end_lr_ratio", "warmup_steps", "weight_decay",
+                     "b1", "b2", "grad_clip")
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(model, optimizer_settings: tuple, mesh, rules: tuple):
+    """(optimizer, jitted train step), cached so that runs in one process (tests, sweeps,
+    a resumed run) with the same model and settings compile the step once."""
+    tx = make_optimizer(dict(optimizer_settings))
+    return tx, common.jit_step(functools.partial(train_step, model, tx), mesh, rules)
+
+
+def optimizer_and_step(model, sft_config, mesh, rules):
+    settings = tuple((name, sft_config[name]) for name in _OPTIMIZER_FIELDS)
+    return _optimizer_and_step(model, settings, mesh, rules_lib.normalize_rules(rules))
 
 
 # ----------------------------------------------------------------------------- stage
@@ -150,7 +171,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     loader = batching.make_loader(train_problems, local_batch, seed=config.seed,
                                   transform=lambda problems: encode(problems))
 
-    tx = make_optimizer(s)
+    tx, step_fn = optimizer_and_step(model, s, mesh, config.mesh.rules)
     params = common.shard_params(params, model, mesh, config.mesh.rules)
     state = common.place_on_mesh({"params": params, "opt_state": jax.jit(tx.init)(params),
                                   "step": jnp.zeros((), jnp.int32), "rng": train_key}, mesh)
@@ -164,7 +185,6 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         logger.info("sft: resumed from step %d", step)
     step = int(state["step"])
 
-    step_fn = common.jit_step(functools.partial(train_step, model, tx), mesh, config.mesh.rules)
     writer = MetricWriter(workdir, prefix="sft")
     history: dict[str, list[float]] = {}
     last_eval: dict[str, float] = {}
