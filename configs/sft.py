@@ -4,9 +4,11 @@
     python -m jaxstep.main --config=configs/sft.py:paper --workdir=runs/sft   # Qwen2-1.5B, GSM8K + MATH
 
 Presets:
-  ""     the tiny Qwen2-style decoder from scratch on synthetic arithmetic problems
-         (trains on a 2-core CPU in a few minutes; greedy synthetic-test accuracy well
-         above 0 and well below 100%, so RL has room).
+  ""     the tiny Llama-style decoder (0.76M params) from scratch on synthetic
+         arithmetic problems (operands <= 10, 2-3 steps): 500 steps of 32 sequences,
+         about 210 CPU-seconds (~2-2.5 min on an idle 2-core CPU). Greedy accuracy on
+         the 400 synthetic test problems: 25.0% (30% on 2-step, 21% on 3-step
+         problems), so RL has room.
   paper  fine-tunes an HF checkpoint (`model.hf_path`, a local folder or hub name) on
          GSM8K + MATH train, evaluated on a MATH500 slice.
 
