@@ -218,6 +218,7 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.learning_rate = 1e-5  # policy Adam learning rate (constant after warmup)
     p.critic_learning_rate = 1e-4  # critic Adam learning rate
     p.warmup_steps = 0  # linear learning-rate warmup (iterations)
+    p.critic_warmup_steps = 0  # first iterations train the critic only (policy learning rate 0)
     p.b1 = 0.9  # Adam beta1
     p.b2 = 0.95  # Adam beta2
     p.grad_clip = 1.0  # global gradient-norm clip, per model (0 = off)

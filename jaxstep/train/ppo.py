@@ -82,12 +82,24 @@ def input_paths(config, workdir: str) -> tuple[str, str]:
     return policy, reward_model
 
 
-def make_optimizer(learning_rate: float, p) -> optax.GradientTransformation:
-    """Adam (b1, b2 of `ppo`) with linear warmup then a constant rate, after clipping."""
-    schedule = (optax.linear_schedule(0.0, learning_rate, p.warmup_steps) if p.warmup_steps > 0
-                else learning_rate)
+def learning_rate_schedule(learning_rate: float, p, *, frozen_iterations: int = 0) -> optax.Schedule:
+    """Per optimizer update: 0 for `frozen_iterations` PPO iterations, then a linear warmup
+    over `ppo.warmup_steps` iterations to `learning_rate`, then constant. (An iteration
+    is `ppo.epochs * ppo.minibatches` updates.)"""
+    per_iteration = p.epochs * p.minibatches
+    frozen, warmup = frozen_iterations * per_iteration, p.warmup_steps * per_iteration
+
+    def schedule(count):
+        ramp = jnp.minimum(1.0, (count - frozen + 1) / warmup) if warmup > 0 else 1.0
+        return jnp.where(count < frozen, 0.0, learning_rate * ramp)
+    return schedule
+
+
+def make_optimizer(learning_rate: float, p, *, frozen_iterations: int = 0) -> optax.GradientTransformation:
+    """Adam (b1, b2 of `ppo`) on `learning_rate_schedule`, after global-norm clipping."""
     parts = [optax.clip_by_global_norm(p.grad_clip)] if p.grad_clip > 0 else []
-    parts.append(optax.adam(schedule, b1=p.b1, b2=p.b2))
+    parts.append(optax.adam(learning_rate_schedule(learning_rate, p, frozen_iterations=frozen_iterations),
+                            b1=p.b1, b2=p.b2))
     return optax.chain(*parts)
 
 
@@ -253,7 +265,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     # The update and the rollout pass.
     P, settings = config.data.max_prompt_len, sample_settings(config)
     cfg = ppo_update_config(config)
-    policy_tx = make_optimizer(p.learning_rate, p)
+    policy_tx = make_optimizer(p.learning_rate, p, frozen_iterations=p.critic_warmup_steps)
     critic_tx = make_optimizer(p.critic_learning_rate, p)
     state = update_lib.init_ppo_state(policy_params, critic_params, policy_tx, critic_tx, p.kl_coef)
     state = jax.device_put(state, update_lib.ppo_state_shardings(state, mesh))
@@ -402,10 +414,13 @@ def hacking_table(columns: dict[str, dict[str, float]]) -> str:
     from jaxstep.train import report  # noqa: PLC0415
     keys = ["rollout_accuracy", "rm_score", "num_steps", "response_length", "repeated_step_fraction",
             "empty_step_fraction", "finished_fraction", "kl"]
-    names = dict(hacking.STAT_NAMES, rollout_accuracy="rollout accuracy", kl="KL to the SFT policy")
+    names = dict(hacking.STAT_NAMES, rollout_accuracy="accuracy of these responses", kl="KL to the SFT policy")
+    # Eval columns (hacking.hacking_stats of greedy responses) call their accuracy "accuracy".
+    columns = {name: dict(c, rollout_accuracy=c.get("rollout_accuracy", c.get("accuracy")))
+               for name, c in columns.items()}
     rows = []
     for key in keys:
-        if any(key in c for c in columns.values()):
+        if any(c.get(key) is not None for c in columns.values()):
             rows.append([names.get(key, key)] + [_fmt(c.get(key)) for c in columns.values()])
     return report.markdown_table(["statistic", *columns], rows)
 
