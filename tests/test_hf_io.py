@@ -70,7 +70,7 @@ def test_bfloat16_params(tmp_path):
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(loaded))
     np.testing.assert_allclose(np.asarray(loaded["embed"]["embedding"], np.float32),
                                np.asarray(params["embed"]["embedding"]), rtol=1e-2, atol=1e-3)
-    logits = model.apply({"params": loaded}, jnp.ones((1, 3), jnp.int32))
+    logits = jax.jit(model.apply)({"params": loaded}, jnp.ones((1, 3), jnp.int32))
     assert logits.dtype == jnp.float32
 
 

@@ -10,12 +10,13 @@ tokens. Without `positions`, positions are derived from the mask (cumsum - 1, as
 transformers does), so a left-padded prompt starts at position 0.
 
 KV cache (for the sampler): `init_cache(config, batch, max_len)` returns
-`{"mask": bool[batch, max_len], "layers": [{"k", "v"}: [batch, kv_heads, max_len, head_dim]]}`.
-A call with `cache=` writes its keys/values and mask at slots `[cache_index,
-cache_index + time)` and attends over every valid slot up to the query's own slot, so
-prefill writes `[0, T)` and each decode step one slot. The `[batch, kv_heads, slot,
-head_dim]` layout makes a decode step's attention two contiguous batched matmuls per
-KV head with no transpose of the cache.
+`{"mask": bool[batch, max_len], "layers": [{"k": [batch, kv_heads, head_dim, max_len],
+"v": [batch, kv_heads, max_len, head_dim]}, ...]}`. A call with `cache=` writes its
+keys/values and mask at slots `[cache_index, cache_index + time)` and attends over
+every valid slot up to the query's own slot, so prefill writes `[0, T)` and each decode
+step one slot. Keys are stored transposed so that both attention products of a decode
+step (`q.K` and `p.V`) read the cache contiguously and write contiguous outputs, with
+no transpose of the cache (measured ~5x faster on CPU than keys as `[.., slot, head_dim]`).
 
 Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
 `head_dim`, `mlp`) and activations logical constraints (`batch`, `length`, `embed`);
@@ -63,21 +64,23 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> Cac
     """Preallocated KV cache of `max_len` slots per sample (zeros, all slots invalid).
 
     Returns `{"mask": bool[batch, max_len], "layers": [{"k": ..., "v": ...}] * num_layers}`
-    with `k`, `v` of shape `[batch, kv_heads, max_len, head_dim]` in `dtype`
-    (default: the compute dtype).
+    with `k` `[batch, kv_heads, head_dim, max_len]` and `v` `[batch, kv_heads, max_len,
+    head_dim]` in `dtype` (default: the compute dtype).
     """
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.num_kv_heads, max_len, config.head_size)
-    layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    k_shape = (batch, config.num_kv_heads, config.head_size, max_len)
+    v_shape = (batch, config.num_kv_heads, max_len, config.head_size)
+    layers = [{"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype)}
               for _ in range(config.num_layers)]
     return {"mask": jnp.zeros((batch, max_len), bool), "layers": layers}
 
 
 def cache_logical_axes(config: ModelConfig) -> Cache:
     """Logical axis names of the cache pytree (for sharding it like activations)."""
-    kv = ("batch", "kv_heads", "length", "head_dim")
+    k = ("batch", "kv_heads", "head_dim", "length")
+    v = ("batch", "kv_heads", "length", "head_dim")
     return {"mask": ("batch", "length"),
-            "layers": [{"k": kv, "v": kv} for _ in range(config.num_layers)]}
+            "layers": [{"k": k, "v": v} for _ in range(config.num_layers)]}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -232,19 +235,35 @@ class Attention(nn.Module):
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))
-        k = k.transpose(0, 2, 1, 3)  # [B, K, T, D]: cache layout
-        v = v.transpose(0, 2, 1, 3)
-        if layer_cache is not None:
-            start = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
-            layer_cache = {"k": k, "v": v}
-            k, v = k.astype(cfg.compute_dtype), v.astype(cfg.compute_dtype)
-
         B, T = x.shape[:2]
-        S = k.shape[2]
-        qg = q.reshape(B, T, K, H // K, D)  # head h uses kv head h // (H // K), as repeat_kv
-        scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
+        G = H // K
+        qg = q.reshape(B, T, K, G, D)  # head h uses kv head h // G, as transformers' repeat_kv
+        if layer_cache is not None:
+            # Cache layouts: keys [B, K, D, S], values [B, K, S, D]. A decode step's two
+            # attention products then contract a contiguous axis with the output along
+            # a contiguous axis (about 5x faster on CPU than the [B, K, S, D] key layout).
+            kc = jax.lax.dynamic_update_slice(
+                layer_cache["k"], k.transpose(0, 2, 3, 1).astype(layer_cache["k"].dtype),
+                (0, 0, 0, cache_index))
+            vc = jax.lax.dynamic_update_slice(
+                layer_cache["v"], v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype),
+                (0, 0, cache_index, 0))
+            layer_cache = {"k": kc, "v": vc}
+            if isinstance(cache_index, int):
+                # A static start (e.g. prefill at 0): later slots are masked for every
+                # query anyway, so attend over [0, cache_index + T) only.
+                kc, vc = kc[..., :cache_index + T], vc[:, :, :cache_index + T]
+                kv_mask = kv_mask[:, :cache_index + T]
+            k, v = kc.astype(cfg.compute_dtype), vc.astype(cfg.compute_dtype)
+            S = k.shape[3]
+            if T == 1:
+                scores = jnp.einsum("bkgd,bkds->bkgs", qg[:, 0], k,
+                                    preferred_element_type=jnp.float32)[:, :, :, None]
+            else:
+                scores = jnp.einsum("btkgd,bkds->bkgts", qg, k, preferred_element_type=jnp.float32)
+        else:
+            S = T
+            scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
         scores = scores * (D ** -0.5)
         key_slots = jnp.arange(S)
         allowed = key_slots[None, :] <= query_slots[:, None]  # [T, S] causal
@@ -253,7 +272,13 @@ class Attention(nn.Module):
         allowed = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, H, D)
+        if layer_cache is None:
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+        elif T == 1:
+            out = jnp.einsum("bkgs,bksd->bkgd", probs[:, :, :, 0], v)[:, None]
+        else:
+            out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+        out = out.reshape(B, T, H, D)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), out_bias, cfg, "o_proj",
                      num_in=2)(out)
