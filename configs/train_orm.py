@@ -28,18 +28,9 @@ def get_config(arg: str = ""):
     c = config_lib.base_config("train_orm", "orm")
     c.rm.kind = "orm"
     r = c.rm
-    if preset == "cpu":
-        r.num_problems = 160
-        r.samples_per_problem = 4
-        r.min_class_fraction = 0.25
-        r.steps = 250
-        r.batch_size = 32
-        r.warmup_steps = 25
-        r.eval_problems = 64
-        r.best_of_n = 8
-        r.eval_batch_size = 128
+    if preset == "cpu":  # the rm defaults in config_lib (as in the default chain)
         c.sampler.batch_size = 128
-        c.checkpoint.every_steps = 100
+        c.checkpoint.every_steps = 50
         return c
     if preset == "gsm8k_examples":
         c.name = "train_orm_gsm8k_examples"

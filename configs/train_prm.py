@@ -28,20 +28,10 @@ PRESETS = ("", "cpu", "montecarlo", "bt", "prm800k", "paper")
 
 
 def _cpu(c):
-    # Sized to take ~1.5-2 min of the 10-minute default chain on a 2-core CPU.
-    r = c.rm
-    r.num_problems = 160
-    r.samples_per_problem = 4
-    r.steps = 250
-    r.batch_size = 32
-    r.learning_rate = 1e-3
-    r.warmup_steps = 25
-    r.log_every = 25
-    r.eval_problems = 64
-    r.best_of_n = 8
-    r.eval_batch_size = 128
+    # The rm defaults in config_lib are the CPU preset (the default chain uses them too):
+    # ~1.5 min on a 2-core CPU for sampling, training and evaluation.
     c.sampler.batch_size = 128
-    c.checkpoint.every_steps = 100
+    c.checkpoint.every_steps = 50
     return c
 
 
@@ -57,12 +47,13 @@ def get_config(arg: str = ""):
         c.rm.labels = "montecarlo"
         c.rm.mc_samples = 4
         c.rm.mc_mode = "hard"
-        c.rm.num_problems = 64
+        c.rm.num_problems = 96  # x 2 samples, ~3 prefixes each, 4 completions per prefix
         return c
     if preset == "bt":
         c = _cpu(c)
         c.name = "train_prm_bt"
         c.rm.loss = "bt"
+        c.rm.corrupted_per_problem = 0.5  # corrupted references give pairs that differ in one step
         return c
     if preset == "prm800k":
         c.name = "train_prm800k"

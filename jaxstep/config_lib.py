@@ -147,24 +147,27 @@ def rm_config() -> ml_collections.ConfigDict:
     # Training data.
     r.labels = "exact"  # prm labels: exact (synthetic) | prm800k | montecarlo
     r.loss = "bce"  # prm loss: bce (per step) | bt (Bradley-Terry between alternatives of one step)
-    r.label_rule = "valid"  # exact labels: valid (right arithmetic on known numbers) | reference (also a reference computation)
+    r.label_rule = "reference"  # exact labels: reference (right arithmetic, a computation of the reference solution) | valid (right arithmetic on known numbers)
+    r.corrupted_per_problem = 0.0  # exact/orm on synthetic: share of training problems that also get a corrupted reference
+    r.references_per_problem = 0.0  # ... and the reference solution itself (contrast pairs for the same problem)
+    r.contrast_problems = 0  # how many train problems get those (0 = the sampled ones); they cost no sampling
     r.min_class_fraction = 0.2  # exact/orm on synthetic: add corrupted (or reference) solutions until each class has this share
     r.prm800k_path = ""  # PRM800K jsonl file or folder for labels=prm800k
     r.neutral_is_positive = True  # PRM800K rating 0 counts as a correct step
     r.solutions_path = ""  # orm: pre-labelled solutions (e.g. GSM8K example_model_solutions.jsonl) instead of sampling
     r.eval_fraction = 0.2  # prm800k / solutions_path: share of problems held out for the step/outcome AUC
-    r.samples_per_problem = 4  # generator samples per training problem
-    r.num_problems = 500  # training problems to sample from (records to read for solutions_path; 0 = all)
+    r.samples_per_problem = 2  # generator samples per training problem
+    r.num_problems = 1024  # training problems to sample from (records to read for solutions_path; 0 = all)
     r.mc_samples = 4  # montecarlo: completions per step prefix
     r.mc_mode = "hard"  # montecarlo label: hard (any completion correct) | soft (fraction correct)
     r.mc_chunk = 16  # montecarlo: solutions labelled per batched sampler call (and per cache append)
     r.pairs_per_problem = 16  # bt with exact/montecarlo labels: at most this many step pairs per problem
     # Optimisation (AdamW, linear warmup then cosine decay).
-    r.steps = 600  # optimizer steps
+    r.steps = 150  # optimizer steps (CPU default: ~1 min on 2 cores)
     r.batch_size = 32  # global batch: solutions (bce) or step pairs (bt) per step
     r.learning_rate = 1e-3  # peak learning rate
     r.end_lr_ratio = 0.1  # cosine decay ends at learning_rate * end_lr_ratio
-    r.warmup_steps = 50  # linear warmup steps
+    r.warmup_steps = 15  # linear warmup steps
     r.weight_decay = 0.01  # AdamW decoupled weight decay (matrices only)
     r.b1 = 0.9  # AdamW beta1
     r.b2 = 0.98  # AdamW beta2
@@ -173,9 +176,10 @@ def rm_config() -> ml_collections.ConfigDict:
     r.log_every = 25  # metrics line every N steps
     r.export = True  # write <workdir>/export (HF backbone + score.safetensors + reward_model.json)
     # Evaluation (report.md).
-    r.eval_problems = 100  # held-out problems (data.eval_sources, test split) for AUC and best-of-N (0 = off)
+    r.eval_problems = 96  # held-out problems (data.eval_sources, test split) for AUC and best-of-N (0 = off)
     r.best_of_n = 8  # generator samples per held-out problem
-    r.eval_batch_size = 64  # sequences scored at once
+    r.eval_temperature = 0.7  # sampling temperature of those samples (0 = sampler.temperature)
+    r.eval_batch_size = 128  # sequences scored at once
     r.compare_with = ""  # comma list of other reward-model folders to rerank with in the same report
     return r
 

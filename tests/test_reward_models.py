@@ -180,6 +180,12 @@ def test_rm_eval_metrics_hand_computed():
     assert rm_eval.majority_vote(answers, correct) == pytest.approx(0.5)  # "3" wins; tie "5"/"6" -> "5"
     assert rm_eval.pass_at_n(correct, 1) == pytest.approx(0.5)
     assert rm_eval.random_pick(correct) == pytest.approx(4 / 6)
+    # Within-problem pairs (correct vs wrong): row 0: .1 vs .9 lose, .5 vs .9 lose;
+    # row 1: .7 vs .7 tie (1/2), .2 vs .7 lose -> 0.5 / 4.
+    assert rm_eval.within_problem_auc(scores, correct) == pytest.approx(0.125)
+    steps = [np.array([0.9, 0.2, np.nan]), np.array([0.5, 0.6])]
+    np.testing.assert_allclose(rm_eval.aggregate_steps(steps, "min"), [0.2, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(rm_eval.aggregate_steps(steps, "last"), [0.2, 0.6], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -207,7 +213,7 @@ def _train_tokenizer(folder, texts):
     return tokenizer_lib.save_tokenizer(tok, folder)
 
 
-@pytest.mark.parametrize("loss", ["bce", "bt"])
+@pytest.mark.parametrize("loss", ["bce", pytest.param("bt", marks=pytest.mark.slow)])
 def test_prm_trains_on_the_real_prm800k_records(tmp_path, shared_data, loss):
     path = str(shared_data / "prm800k")
     steps, _ = labels_lib.prm800k_labels(path)
@@ -230,7 +236,7 @@ def test_prm_trains_on_the_real_prm800k_records(tmp_path, shared_data, loss):
     assert rm_lib.run(c, workdir) == summary  # done: reused
 
 
-def test_orm_trains_on_labelled_gsm8k_solutions_and_resumes(tmp_path, shared_data):
+def _orm_config(tmp_path, shared_data):
     path = str(shared_data / "gsm8k" / "example_model_solutions.jsonl")
     records = labels_lib.read_labeled_solutions(path, limit=6)
     texts = [r.problem.question + "\n" + "\n".join(r.steps) for r in records]
@@ -240,15 +246,29 @@ def test_orm_trains_on_labelled_gsm8k_solutions_and_resumes(tmp_path, shared_dat
     c.rm.eval_fraction = 0.34
     c.data.max_prompt_len = 160
     c.data.max_response_len = 224
+    return c
+
+
+def _check_orm_summary(summary):
+    assert summary["steps"] == 4 and summary["stage"] == "orm"
+    assert summary["data"]["train_records"] + summary["data"]["eval_records"] == 24  # 6 x 4 solutions
+    assert "orm/records_outcome_auc" in summary["eval"]
+    _, _, _, kind = rm_lib.load_reward_model(summary["export"])
+    assert kind == "orm"
+
+
+def test_orm_trains_on_labelled_gsm8k_solutions(tmp_path, shared_data):
+    _check_orm_summary(rm_lib.run(_orm_config(tmp_path, shared_data), str(tmp_path / "orm")))
+
+
+@pytest.mark.slow
+def test_orm_stage_resumes_from_its_checkpoint(tmp_path, shared_data):
+    c = _orm_config(tmp_path, shared_data)
     workdir = str(tmp_path / "orm")
     partial = rm_lib.run(c, workdir, stop_after=2)
     assert partial == {"stopped_at": 2, "done": False}
     summary = rm_lib.run(c, workdir)
-    assert summary["steps"] == 4 and summary["stage"] == "orm"
-    assert summary["data"]["train_records"] + summary["data"]["eval_records"] == 24
-    assert "orm/records_outcome_auc" in summary["eval"]
+    _check_orm_summary(summary)
     steps_logged = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
                     if "loss" in json.loads(line)]
     assert steps_logged == [2, 4]  # resumed at step 2, not from scratch
-    _, _, _, kind = rm_lib.load_reward_model(summary["export"])
-    assert kind == "orm"

@@ -348,13 +348,13 @@ def _max_len(config) -> int:
 
 
 def _sample(config, generator, problems: Sequence[Problem], num_samples: int, key, mesh,
-            desc: str, greedy: bool = False):
+            desc: str, greedy: bool = False, temperature: float = 0.0):
     model, params, tokenizer = generator
     s = config.sampler
     return common.decode_problems(
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=greedy,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
+        temperature=temperature or s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
         key=key, mesh=mesh, desc=desc)
 
 
@@ -402,6 +402,30 @@ def _label_samples(problems, texts, delimiter, rule):
             out.extend(labels_lib.exact_labels([p], [t], delimiter=delimiter, rule=rule))
         else:
             out.extend(labels_lib.outcome_labels([p], [t], delimiter=delimiter))
+    return out
+
+
+def _contrast_solutions(config, problems: Sequence[Problem], key: jax.Array) -> list:
+    """Corrupted and reference solutions of synthetic training problems (`rm.corrupted_per_problem`,
+    `rm.references_per_problem`: the share of problems that get one; over the first
+    `rm.contrast_problems` train problems, 0 = the sampled ones).
+
+    They differ from each other (and from the generator's samples of the same problem)
+    only where a step goes wrong, so the model must check the arithmetic instead of
+    judging how hard a problem looks.
+    """
+    r = config.rm
+    if r.contrast_problems > len(problems):
+        problems = common.load_problems(config, config.data.train_sources, "train", limit=r.contrast_problems)
+    problems = [p for p in problems if p.source == "synthetic"][:r.contrast_problems or None]
+    out: list = []
+    k_c = jax.random.fold_in(key, 7)
+    for share, make in ((r.corrupted_per_problem, lambda ps, k: labels_lib.corrupted_solutions(
+            ps, k, rule=r.label_rule)), (r.references_per_problem, lambda ps, k: labels_lib.reference_solutions(ps))):
+        whole, frac = int(share), share - int(share)
+        for rep in range(whole + (1 if frac > 0 else 0)):
+            chosen = problems if rep < whole else problems[:int(round(frac * len(problems)))]
+            out.extend(make(chosen, jax.random.fold_in(k_c, rep)))
     return out
 
 
@@ -455,6 +479,7 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
         if kind == "orm":
             records = labels_lib.outcome_labels(sample_problems, texts, delimiter=delimiter)
             synthetic_problems = [p for p in problems if p.source == "synthetic"]
+            records += _contrast_solutions(config, synthetic_problems, k_balance)
             records = labels_lib.balance_classes(records, synthetic_problems, k_balance,
                                                  min_fraction=r.min_class_fraction, by="outcome")
         elif r.labels == "exact":
@@ -462,6 +487,7 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
                 raise ValueError("rm.labels='exact' needs synthetic problems (data.train_sources="
                                  f"{d.train_sources!r}); use montecarlo or prm800k for real data")
             records = labels_lib.exact_labels(sample_problems, texts, delimiter=delimiter, rule=r.label_rule)
+            records += _contrast_solutions(config, problems, k_balance)
             records = labels_lib.balance_classes(records, problems, k_balance,
                                                  min_fraction=r.min_class_fraction, rule=r.label_rule)
         elif r.labels == "montecarlo":
@@ -495,7 +521,8 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
     eval_problems = _eval_problems(config) if generator is not None else []
     if eval_problems:
         started = time.time()
-        decoded = _sample(config, generator, eval_problems, r.best_of_n, k_eval, mesh, f"{kind} eval samples")
+        decoded = _sample(config, generator, eval_problems, r.best_of_n, k_eval, mesh, f"{kind} eval samples",
+                          temperature=r.eval_temperature)
         eval_samples = _label_samples([x.problem for x in decoded], [x.text for x in decoded],
                                       delimiter, r.label_rule)
         greedy = _sample(config, generator, eval_problems, 1, k_eval, mesh, "greedy", greedy=True)

@@ -116,6 +116,23 @@ def pass_at_n(correct: np.ndarray, n: int | None = None) -> float:
     return float(np.mean(correct[:, :n].any(axis=1))) if len(correct) else float("nan")
 
 
+def within_problem_auc(scores: np.ndarray, correct: np.ndarray) -> float:
+    """P(a correct sample outscores a wrong one of the SAME problem), ties count half.
+
+    Pooled AUC also rewards telling easy problems from hard ones; best-of-N only needs
+    this within-problem ranking. NaN when no problem has both kinds.
+    """
+    scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
+    wins, pairs = 0.0, 0
+    for s, c in zip(scores, correct):
+        good, bad = s[c], s[~c]
+        if good.size and bad.size:
+            diff = good[:, None] - bad[None, :]
+            wins += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            pairs += diff.size
+    return wins / pairs if pairs else float("nan")
+
+
 def random_pick(correct: np.ndarray) -> float:
     """Expected accuracy of a uniformly random sample per problem (the mean of `correct`)."""
     correct = np.asarray(correct, np.float64)
@@ -254,9 +271,11 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
             else:
                 by = {"orm": np.concatenate(scores).reshape(P, N)}
             m["outcome_auc"] = {how: roc_auc(v.ravel(), correct.ravel()) for how, v in by.items()}
+            m["within_problem_auc"] = {how: within_problem_auc(v, correct) for how, v in by.items()}
             m["best_of"] = {how: {n: best_of_n(v, correct, n) for n in ns} for how, v in by.items()}
             for how in by:
                 flat[f"{tag}/outcome_auc_{how}"] = m["outcome_auc"][how]
+                flat[f"{tag}/within_problem_auc_{how}"] = m["within_problem_auc"][how]
                 flat[f"{tag}/best_of_{N}_{how}"] = m["best_of"][how][N]
             if kind == "prm":
                 flat[f"{tag}/step_auc"] = m["step_auc"]
@@ -319,12 +338,14 @@ def report_sections(result: dict) -> list[str]:
     rows = []
     for name, m in result["models"].items():
         for how, auc in m.get("outcome_auc", {}).items():
-            rows.append([name, how, _fmt(auc)])
+            rows.append([name, how, _fmt(auc), _fmt(m["within_problem_auc"][how])])
         if "records_outcome_auc" in m:
-            rows.append([name, "held-out records", _fmt(m["records_outcome_auc"])])
+            rows.append([name, "held-out records", _fmt(m["records_outcome_auc"]), "-"])
     if rows:
         sections.append("## Outcome AUC (score vs final-answer correctness)\n\n"
-                        + report_lib.markdown_table(["model", "score", "AUC"], rows))
+                        + report_lib.markdown_table(["model", "score", "AUC", "within-problem AUC"], rows)
+                        + "\n\nWithin-problem AUC: how often a correct sample outscores a wrong sample "
+                        "of the same problem (what best-of-N relies on).")
     if P:
         headers = ["selection"] + [f"best of {n}" for n in ns]
         rows = []
