@@ -164,6 +164,27 @@ def test_scorer_rewards_at_step_ends_and_reference_logprobs(tiny):
     assert out["token_rewards"].dtype == np.float32
 
 
+def test_response_logprobs_match_full_logits(tiny):
+    """The update's hook (LM head on the response positions only) equals token_logprobs of
+    the full logits on the response, with entropies, at a temperature."""
+    from jaxstep.rl.logprobs import token_logprobs
+    model, params = tiny["model"], tiny["params"]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, len(tiny["tokenizer"]), (2, P + R)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, :5] = 0
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32)
+    logits = model.apply({"params": params}, ids, attention_mask=mask, positions=positions)
+    want_lp, want_ent = token_logprobs(logits, ids, temperature=0.7, with_entropy=True)
+    hook = rollout_lib.make_policy_logprobs(model, P)
+    lp, ent = hook(params, ids, mask, positions, temperature=0.7, with_entropy=True)
+    np.testing.assert_allclose(np.asarray(lp)[:, P:], np.asarray(want_lp)[:, P:], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ent)[:, P:], np.asarray(want_ent)[:, P:], atol=1e-5)
+    assert np.all(np.asarray(lp)[:, :P] == 0) and np.all(np.asarray(ent)[:, :P] == 0)
+    plain = np.asarray(hook(params, ids, mask, positions))  # temperature 1, no entropy
+    np.testing.assert_allclose(plain[:, P:], np.asarray(token_logprobs(logits, ids))[:, P:], atol=1e-5)
+
+
 def test_scorer_orm_and_retokenized_reward_model(tiny):
     config, tok, model, params = tiny["config"], tiny["tokenizer"], tiny["model"], tiny["params"]
     problems = tiny["problems"][:4]

@@ -188,7 +188,8 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
                     policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
                     cfg: PPOConfig = PPOConfig(), *, mesh: jax.sharding.Mesh | None = None,
                     state_shardings=None, batch_axes: tuple[str, ...] = ("data", "fsdp"),
-                    logical_rules=None, donate: bool = True) -> Callable:
+                    logical_rules=None, donate: bool = True,
+                    policy_logprobs: Callable | None = None) -> Callable:
     """Builds the jitted `update(state, batch, key) -> (state, metrics)`.
 
     Args:
@@ -207,6 +208,11 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         activation constraints are traced (`jaxstep.parallel.rules.activation_sharding`);
         None uses the default rules. Only used with a mesh.
       donate: donate the input state's buffers.
+      policy_logprobs: optional `(params, input_ids, attention_mask, positions, *,
+        temperature, with_entropy) -> logprobs [batch, time]` (or `(logprobs, entropy)`
+        with `with_entropy`), aligned as `token_logprobs`; replaces `policy_apply` +
+        `token_logprobs` (e.g. to run the LM head on the response positions only, without
+        a `[batch, time, vocab]` logits array).
 
     Returns:
       `update(state: PPOState, batch: dict, key) -> (PPOState, metrics: dict of float32 [])`.
@@ -228,12 +234,17 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
             lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)), tree)
 
     def policy_objective(params, mb):
-        logits = policy_apply(params, mb["input_ids"], mb["attention_mask"], mb["positions"])
         mask = mb["response_mask"]
-        if cfg.compute_entropy:
+        if policy_logprobs is not None:
+            out = policy_logprobs(params, mb["input_ids"], mb["attention_mask"], mb["positions"],
+                                  temperature=cfg.temperature, with_entropy=cfg.compute_entropy)
+            logp, entropy = out if cfg.compute_entropy else (out, None)
+        elif cfg.compute_entropy:
+            logits = policy_apply(params, mb["input_ids"], mb["attention_mask"], mb["positions"])
             logp, entropy = token_logprobs(logits, mb["input_ids"], temperature=cfg.temperature,
                                            with_entropy=True)
         else:
+            logits = policy_apply(params, mb["input_ids"], mb["attention_mask"], mb["positions"])
             logp = token_logprobs(logits, mb["input_ids"], temperature=cfg.temperature)
         pg_loss, metrics = losses.policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask,
                                               clip_eps=cfg.clip_eps)

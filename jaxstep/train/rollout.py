@@ -36,7 +36,7 @@ from jaxstep.models import sampler as sampler_lib
 from jaxstep.parallel import distributed
 from jaxstep.parallel import rules as rules_lib
 from jaxstep.rewards import scoring, shaping
-from jaxstep.rl.logprobs import shift_values, token_logprobs
+from jaxstep.rl.logprobs import shift_values
 from jaxstep.train import common
 
 
@@ -202,6 +202,40 @@ def response_logits(model, params, input_ids, attention_mask, positions, prompt_
     return jnp.pad(logits, ((0, 0), (start, 1), (0, 0)))  # [B, T, V]: positions start .. T-2 real
 
 
+def response_logprobs(model, params, input_ids, attention_mask, positions, prompt_len: int, *,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probabilities `[B, T]` float32 of the response tokens (positions P .. T-1; 0 on
+    the prompt), aligned as `jaxstep.rl.logprobs.token_logprobs`, with the LM head run on
+    the R response-predicting positions only and no `[B, T, V]` array (with
+    `with_entropy`, also the entropies `[B, T]`, 0 on the prompt)."""
+    hidden = model.apply({"params": params}, input_ids, attention_mask=attention_mask,
+                         positions=positions, lm_head=False)
+    T = input_ids.shape[1]
+    start = max(prompt_len, 1)
+    logits = lm_logits(model.config, params, hidden[:, start - 1:T - 1])  # [B, R, V], predicts start..T-1
+    logits = logits.astype(jnp.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, start:]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    pad = ((0, 0), (start, 0))
+    logp = jnp.pad(picked - lse, pad)
+    if not with_entropy:
+        return logp
+    probs = jnp.exp(logits - lse[..., None])
+    entropy = lse - jnp.sum(probs * logits, axis=-1)
+    return logp, jnp.pad(entropy, pad)
+
+
+def make_policy_logprobs(model, prompt_len: int):
+    """The `policy_logprobs` hook of `jaxstep.rl.update.make_ppo_update` (`response_logprobs`)."""
+    def policy_logprobs(params, ids, attention_mask, positions, *, temperature=1.0, with_entropy=False):
+        return response_logprobs(model, params, ids, attention_mask, positions, prompt_len,
+                                 temperature=temperature, with_entropy=with_entropy)
+    return policy_logprobs
+
+
 def make_policy_apply(model, prompt_len: int | None = None):
     """`policy_apply(params, ids, attention_mask, positions) -> logits [B, T, V]` for
     `jaxstep.rl.update.make_ppo_update`; with `prompt_len` the LM head only runs on
@@ -252,9 +286,9 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
     s = shaping_settings
 
     def logprobs_of(params, batch):
-        logits = response_logits(policy_model, params, batch["input_ids"], batch["attention_mask"],
-                                 batch["positions"], P)
-        return token_logprobs(logits, batch["input_ids"], temperature=temperature) * batch["response_mask"]
+        logp = response_logprobs(policy_model, params, batch["input_ids"], batch["attention_mask"],
+                                 batch["positions"], P, temperature=temperature)
+        return logp * batch["response_mask"]
 
     def scorer(params, batch):
         ids, mask = batch["input_ids"], batch["attention_mask"]
