@@ -227,6 +227,8 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.b2 = 0.95  # Adam beta2
     p.grad_clip = 1.0  # global gradient-norm clip, per model (0 = off)
     p.critic_init = "reward_model"  # critic initialisation: reward_model | policy (the SFT backbone, fresh head)
+    p.critic_zero_head = False  # start the critic's value head at 0 (values 0) instead of the source model's head
+    p.temperature = 0.0  # rollout sampling temperature (0 = sampler.temperature); logprobs, KL and ratios use logits / temperature
     p.recompute_logprobs = False  # recompute rollout logprobs with a full forward (forced for top-k/top-p/non-f32)
     p.max_consecutive_skips = 10  # stop when this many iterations in a row had non-finite losses (0 = never)
     # Evaluation, logging, export.

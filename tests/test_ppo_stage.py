@@ -99,7 +99,10 @@ def rollout_from_texts(problems, texts, tokenizer, finished=True):
 
 def test_sample_grades_and_finds_steps(tiny):
     mesh = common.make_mesh(tiny["config"])
-    settings = ppo.sample_settings(tiny["config"])
+    config = tiny_config()
+    config.ppo.temperature = 0.7
+    settings = ppo.sample_settings(config)
+    assert settings.temperature == 0.7
     out = rollout_lib.sample(tiny["model"], tiny["params"], tiny["tokenizer"], tiny["problems"],
                              jax.random.key(0), settings, mesh=mesh)
     assert out.tokens.shape == (8, R) and out.prompt_ids.shape == (8, P)
@@ -115,6 +118,10 @@ def test_sample_grades_and_finds_steps(tiny):
         assert np.all(out.logprobs[b, n:] == 0) and np.all(out.logprobs[b, :n] < 0)
     batch = rollout_lib.sequence_batch(out)
     np.testing.assert_array_equal(batch["input_ids"][:, P:], out.tokens)
+    # The rollout's log-probs are those of the tempered policy, as the update computes them.
+    recomputed = rollout_lib.make_policy_logprobs(tiny["model"], P)(
+        tiny["params"], batch["input_ids"], batch["attention_mask"], batch["positions"], temperature=0.7)
+    np.testing.assert_allclose(np.asarray(recomputed) * batch["response_mask"], batch["old_logprobs"], atol=2e-4)
     np.testing.assert_array_equal(batch["response_mask"].sum(1), out.lengths)
     assert batch["response_mask"][:, :P].sum() == 0
 

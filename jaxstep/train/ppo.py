@@ -115,14 +115,19 @@ def ppo_update_config(config) -> update_lib.PPOConfig:
         ent_coef=p.entropy_coef, kl_in_reward=k1, kl_loss_coef=0.0 if k1 else p.kl_coef,
         kl_target=p.target_kl if (p.adaptive_kl and k1) else None, kl_horizon=float(p.kl_horizon),
         whiten_advantages=p.whiten_advantages, normalize_rewards=p.normalize_rewards,
-        temperature=config.sampler.temperature)
+        temperature=rollout_temperature(config))
+
+
+def rollout_temperature(config) -> float:
+    """`ppo.temperature`, else `sampler.temperature`."""
+    return config.ppo.temperature or config.sampler.temperature
 
 
 def sample_settings(config) -> rollout_lib.SampleSettings:
     s, d = config.sampler, config.data
     return rollout_lib.SampleSettings(
         max_prompt_len=d.max_prompt_len, max_new_tokens=d.max_response_len,
-        max_steps=config.ppo.max_steps, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        max_steps=config.ppo.max_steps, temperature=rollout_temperature(config), top_k=s.top_k, top_p=s.top_p,
         delimiter=d.step_delimiter)
 
 
@@ -253,6 +258,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     else:
         critic_model = models.ScalarModel(model.config)
         critic_params = models.scalar_params_from_decoder(sft_params, k_critic, model.config)
+    if p.critic_zero_head:
+        critic_params["score"] = jax.tree.map(jnp.zeros_like, critic_params["score"])
     logger.info("ppo: policy %s (%.2fM params), %s %s, critic from %s, scheme %s", policy_path,
                 common.count_params(sft_params) / 1e6, kind.upper(), rm_path, p.critic_init, p.scheme)
 
@@ -271,9 +278,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     state = jax.device_put(state, update_lib.ppo_state_shardings(state, mesh))
     update = update_lib.make_ppo_update(
         rollout_lib.make_policy_apply(model, P), rollout_lib.make_critic_apply(critic_model),
-        policy_tx, critic_tx, cfg, mesh=mesh)
-    recompute = (p.recompute_logprobs or settings.temperature != 1.0 or settings.top_k > 0
-                 or settings.top_p < 1.0 or dtype != jnp.float32)
+        policy_tx, critic_tx, cfg, mesh=mesh, logical_rules=rules,
+        policy_logprobs=rollout_lib.make_policy_logprobs(model, P))
+    # The sampler's log-probs (at the sampling temperature) are the rollout policy's, unless
+    # top-k/top-p change the distribution or a low-precision decode differs from the forward.
+    recompute = p.recompute_logprobs or settings.top_k > 0 or settings.top_p < 1.0 or dtype != jnp.float32
     scorer = rollout_lib.make_scorer(model, critic_model, rm_model, rm_kind, shaping_settings(config),
                                      prompt_len=P, temperature=settings.temperature,
                                      recompute_logprobs=recompute, mesh=mesh, rules=rules)

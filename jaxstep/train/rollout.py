@@ -75,7 +75,7 @@ class Rollout:
     problems: the `B` problems.
     prompt_ids: int32 `[B, P]` left-padded; prompt_mask: bool `[B, P]`.
     tokens: int32 `[B, R]` responses (pad after the end); logprobs: float32 `[B, R]`
-      log pi(token) under the sampling policy at temperature 1 (0 on padding).
+      log softmax(logits / temperature)[token] under the sampling policy (0 on padding).
     lengths: int32 `[B]` response tokens (EOS included).
     texts: the response texts (special tokens dropped).
     correct, has_answer, finished: bool `[B]`: final answer right, stated, EOS emitted.
@@ -119,7 +119,11 @@ def sample(model, params, tokenizer, problems: Sequence[Problem], key: jax.Array
             model, params, inputs["ids"], inputs["mask"], key,
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_k=settings.top_k, top_p=settings.top_p, eos_id=ids_of["eos"], pad_id=ids_of["pad"])
-    tokens, logprobs, lengths = common.to_host((out.tokens, out.logprobs, out.lengths))
+    # Log-probs under softmax(logits / temperature), what the update's ratio uses (with
+    # top-k/top-p the stage recomputes them instead).
+    plain = settings.top_k == 0 and settings.top_p >= 1.0
+    sampled = out.sampling_logprobs if plain and settings.temperature != 1.0 else out.logprobs
+    tokens, logprobs, lengths = common.to_host((out.tokens, sampled, out.lengths))
     tokens, logprobs, lengths = np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths)
     rows = [row[:n] for row, n in zip(tokens, lengths)]
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
