@@ -5,8 +5,8 @@ Reward of a response: ppo.alpha * (that process part) + ppo.success_coef * (0/1 
 answer correct) - ppo.kl_coef * KL(policy || SFT policy), token-level (see
 jaxstep/rewards/shaping.py and jaxstep/rl/update.py).
 
-    python -m jaxstep.main --config=configs/ppo_delta.py                # CPU, < 10 min
-    python -m jaxstep.main --config=configs/ppo_delta.py:paper \
+    python -m jaxstep.main --config=configs/ppo_prm_delta.py                # CPU, < 10 min
+    python -m jaxstep.main --config=configs/ppo_prm_delta.py:paper \
         --config.ppo.reward_model=/path/to/prm/export                    # real scale
 
 Stage `pipeline` (jaxstep/train/pipeline.py): SFT in <workdir>/sft, the PRM in
