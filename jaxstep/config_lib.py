@@ -216,7 +216,8 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.normalize_rewards = False  # divide token rewards by the std of the per-sequence reward sums
     # Optimisation.
     p.steps = 40  # PPO iterations (rollout + update)
-    p.rollout_batch = 64  # prompts (= responses) per iteration, global
+    p.rollout_batch = 64  # responses per iteration, global
+    p.samples_per_prompt = 1  # responses sampled per prompt (rollout_batch / samples_per_prompt prompts)
     p.epochs = 1  # passes over each rollout batch
     p.minibatches = 2  # minibatches per epoch (must divide rollout_batch)
     p.learning_rate = 1e-5  # policy Adam learning rate (constant after warmup)

@@ -190,11 +190,12 @@ def timing_table(timings: dict[str, dict[str, Any]]) -> str:
 
 def curves(runs: dict[str, str], path: str, keys=("score", "reward", "kl", "rollout_accuracy")) -> str | None:
     """Reward/KL curves of PPO runs {label: workdir} in one PNG."""
+    from jaxstep.train.ppo import training_rows  # noqa: PLC0415
     data = {}
     for label, workdir in runs.items():
         file = os.path.join(workdir, "metrics.jsonl")
         if os.path.isfile(file):
-            data[label] = [r for r in read_metrics(file) if "score" in r]
+            data[label] = training_rows(read_metrics(file))
     return report_lib.plot_metric_curves(data, list(keys), path) if data else None
 
 

@@ -293,9 +293,12 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     if batch_size % p.minibatches or (batch_size // p.minibatches) % _data_ways(mesh):
         raise ValueError(f"ppo: rollout batch {batch_size} must split into {p.minibatches} "
                          f"minibatches that divide over {_data_ways(mesh)} data-parallel devices")
-    while len(prompts) < batch_size:
+    k = p.samples_per_prompt
+    if k < 1 or batch_size % k:
+        raise ValueError(f"ppo.samples_per_prompt={k} must be >= 1 and divide the rollout batch {batch_size}")
+    while len(prompts) < batch_size // k:
         prompts = prompts + prompts
-    loader = batching.make_loader(prompts, batch_size, seed=config.seed, shard_index=0, shard_count=1)
+    loader = batching.make_loader(prompts, batch_size // k, seed=config.seed, shard_index=0, shard_count=1)
     guard = guards.NonFiniteGuard(p.max_consecutive_skips)
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, common.CHECKPOINT_DIR), max_to_keep=config.checkpoint.keep,
@@ -321,7 +324,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     while step < p.steps:
         t0 = time.perf_counter()
         k_sample, k_update = jax.random.split(jax.random.fold_in(k_loop, step))
-        problems = next(loader)
+        problems = [q for q in next(loader) for _ in range(k)]  # k responses per prompt, adjacent
         rollout = rollout_lib.sample(model, state.policy_params, tokenizer, problems, k_sample, settings,
                                      mesh=mesh, rules=rules)
         t1 = time.perf_counter()
@@ -402,10 +405,17 @@ def _data_ways(mesh) -> int:
 
 # ----------------------------------------------------------------------------- report
 
+def training_rows(rows) -> list[dict]:
+    """The per-iteration lines of a PPO metrics.jsonl (not the eval lines), one per step:
+    a run resumed from an older checkpoint logs some steps again; the last line wins."""
+    by_step = {r["step"]: r for r in rows if "score" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def window_means(rows, keys, *, first: bool, fraction: float = 0.1) -> dict[str, float]:
     """Mean of each metric over the first (or last) `fraction` of the logged iterations
     (at least one)."""
-    rows = [r for r in rows if "score" in r]  # training lines (not eval lines)
+    rows = training_rows(rows)
     if not rows:
         return {}
     n = max(1, int(round(len(rows) * fraction)))
@@ -453,7 +463,7 @@ def write_report(workdir: str, summary: dict, rows: list) -> str:
                         f"{report.format_accuracy(summary['eval_accuracy'])}.")
     sections.append("## Reward-hacking statistics (rollouts)\n\n" + hacking_table(
         {"first 10% of iterations": summary["first"], "last 10%": summary["last"]}))
-    train_rows = [r for r in rows if "score" in r]
+    train_rows = training_rows(rows)
     for i, keys in enumerate(CURVES):
         png = report.plot_metric_curves({summary["scheme"]: train_rows}, list(keys),
                                         os.path.join(workdir, f"curves_{i}.png"))
