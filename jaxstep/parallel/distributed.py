@@ -194,6 +194,41 @@ def global_batch_from_local(local_arrays: Any, mesh: Mesh,
         sharding, local_arrays, is_leaf=is_sharding_leaf)
 
 
+def _is_prng_key(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)` that also works when a sharding spans devices of
+    other processes (multi-host), for values every process holds in full.
+
+    Leaves whose target sharding is fully addressable, and global arrays (resharded),
+    go through `jax.device_put`. Any other leaf (numpy, a single-device or uncommitted
+    jax array, a typed PRNG key) must hold the same value on every process (params
+    loaded from one checkpoint, keys from one seed): each process builds its own shards
+    from it with `jax.make_array_from_callback`, without cross-host traffic.
+
+    Args:
+      tree: pytree of arrays (typed PRNG keys allowed).
+      shardings: one Sharding for every leaf, or a pytree of Shardings matching `tree`.
+    """
+    def put(x, sharding):
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        if _is_prng_key(x):
+            data = put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: put(x, shardings), tree)
+    return jax.tree.map(put, tree, shardings)
+
+
 def sync_hosts(name: str) -> None:
     """Barrier: every process waits here until all reach the same `name`."""
     if jax.process_count() > 1:

@@ -355,13 +355,15 @@ def _on_mesh(x, mesh) -> bool:
 def place_on_mesh(tree, mesh: jax.sharding.Mesh):
     """Leaves not yet placed on `mesh` (step counters, RNG keys, ...) replicated on it."""
     replicated = rules_lib.replicated(mesh)
-    return jax.tree.map(lambda x: x if _on_mesh(x, mesh) else jax.device_put(x, replicated), tree)
+    return jax.tree.map(lambda x: x if _on_mesh(x, mesh) else distributed.put_global(x, replicated), tree)
 
 
 def shard_params(params, model, mesh: jax.sharding.Mesh, rules=None):
     """Places `params` of `model` (a Decoder or ScalarModel) on `mesh` by its logical
-    axis names and `rules` (default: `DEFAULT_RULES`)."""
-    return rules_lib.shard_params(params, models.logical_specs(model), mesh, rules)
+    axis names and `rules` (default: `DEFAULT_RULES`). Multi-host: every process passes
+    the same params and keeps its own shards."""
+    shardings = rules_lib.param_shardings(params, models.logical_specs(model), mesh, rules)
+    return distributed.put_global(params, shardings)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys: Sequence[str] | None = None) -> dict:

@@ -275,7 +275,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     policy_tx = make_optimizer(p.learning_rate, p, frozen_iterations=p.critic_warmup_steps)
     critic_tx = make_optimizer(p.critic_learning_rate, p)
     state = update_lib.init_ppo_state(policy_params, critic_params, policy_tx, critic_tx, p.kl_coef)
-    state = jax.device_put(state, update_lib.ppo_state_shardings(state, mesh))
+    state = distributed.put_global(state, update_lib.ppo_state_shardings(state, mesh))
     update = update_lib.make_ppo_update(
         rollout_lib.make_policy_apply(model, P), rollout_lib.make_critic_apply(critic_model),
         policy_tx, critic_tx, cfg, mesh=mesh, logical_rules=rules,
