@@ -332,6 +332,21 @@ class Checkpointer:
                              f"metadata record (got {type(meta).__name__})")
         return state, _json_decode(meta["extra"])
 
+    def restore_to_host(self, step: int) -> tuple[Any, dict]:
+        """Restores checkpoint `step` as host numpy arrays -> (state, extra), whatever
+        topology wrote it (e.g. a multi-host run's checkpoint read in one process to
+        inspect or compare it). Nested dicts/lists; typed keys stay uint32 key_data."""
+        path = self.directory / str(int(step)) / _STATE
+        with ocp.StandardCheckpointer() as reader:
+            metadata = reader.metadata(path).item_metadata
+        if metadata is None:
+            raise FileNotFoundError(f"{path}: no checkpoint metadata (not a finished checkpoint?)")
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                              metadata.tree)
+        state, extra = self.restore(step, target)
+        return jax.device_get(state), extra
+
     def restore_latest(self, abstract_state: Any = None) -> tuple[int, Any, dict] | None:
         """Restores the newest checkpoint that restores cleanly -> (step, state, extra).
 

@@ -208,6 +208,25 @@ def test_async_save_survives_donated_buffers(tmp_path):
             assert np.array_equal(restored["w"], np.arange(100_000.0, dtype=np.float32) + step - 1)
 
 
+def test_restore_to_host_reads_sharded_state_as_numpy(tmp_path):
+    """A state saved sharded over 8 devices comes back whole, as numpy, on the host."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
+    state = make_state()
+    state["params"]["dense"]["kernel"] = jax.device_put(
+        state["params"]["dense"]["kernel"], NamedSharding(mesh, P("data", "tensor")))
+    with Checkpointer(tmp_path, save_interval_steps=1, handle_sigterm=False) as ckpt:
+        ckpt.save(3, state, extra={"data": {"next_index": 5}})
+        ckpt.wait()
+        restored, extra = ckpt.restore_to_host(3)
+    assert extra == {"data": {"next_index": 5}}
+    assert isinstance(restored["params"]["dense"]["kernel"], np.ndarray)
+    assert_bitwise_equal(restored["params"], jax.device_get(state["params"]))
+    assert np.array_equal(restored["rng"], jax.random.key_data(state["rng"]))
+    assert restored["step"] == 17 and restored["kl"]["coef"] == np.float32(0.05)
+    with Checkpointer(tmp_path / "empty", handle_sigterm=False) as empty, pytest.raises(FileNotFoundError):
+        empty.restore_to_host(1)
+
+
 def test_save_and_load_pytree(tmp_path):
     state = make_state()
     save_pytree(tmp_path / "sft_params", state["params"])
