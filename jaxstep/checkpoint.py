@@ -337,10 +337,13 @@ class Checkpointer:
         topology wrote it (e.g. a multi-host run's checkpoint read in one process to
         inspect or compare it). Nested dicts/lists; typed keys stay uint32 key_data."""
         path = self.directory / str(int(step)) / _STATE
-        with ocp.StandardCheckpointer() as reader:
-            metadata = reader.metadata(path).item_metadata
-        if metadata is None:
-            raise FileNotFoundError(f"{path}: no checkpoint metadata (not a finished checkpoint?)")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such checkpoint")
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            metadata = handler.metadata(path)
+        finally:
+            handler.close()
         local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
                               metadata.tree)
