@@ -1,0 +1,158 @@
+"""Launching stages as a user does (`python -m jaxstep.main ...` in a subprocess) and
+comparing two finished runs bitwise; shared by the fault-resume and distributed tests."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from jaxstep import config_lib
+from jaxstep.checkpoint import Checkpointer
+from jaxstep.metrics import read_metrics
+from jaxstep.train import common, reward_models
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH_TIMEOUT_S = 300
+
+# The tiny decoder the runs train (SFT from scratch; PPO's policy and PRM).
+TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+              "intermediate_size": 64}
+
+# Metric keys that measure wall time, not the training numerics.
+TIMING_SUFFIXES = ("_seconds", "per_second")
+
+
+def command(config_file: str, workdir, overrides: dict) -> list[str]:
+    """The user's command line for `config_file` with `--config.<k>=<v>` overrides."""
+    return ([sys.executable, "-m", "jaxstep.main", f"--config={config_file}", f"--workdir={workdir}"]
+            + [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def child_env(devices: int, cache_dir=None, **extra: str) -> dict:
+    """Environment of a launched run: `devices` CPU devices, offline, and optionally a
+    persistent compilation cache (a cached executable is the one compilation produces)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if cache_dir is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    env.update(extra)
+    return env
+
+
+class Launch:
+    """One launch of a command; stdout/stderr go to `<log_dir>/<name>.{out,err}`."""
+
+    def __init__(self, cmd, env, log_dir, name: str):
+        log_dir = pathlib.Path(log_dir)
+        self.out, self.err = log_dir / f"{name}.out", log_dir / f"{name}.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=err)
+
+    def log(self) -> str:
+        return self.err.read_text()
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log()[-n:]
+
+    def wait(self, timeout: float = LAUNCH_TIMEOUT_S) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"launch ran over {timeout} s:\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def logged_steps(workdir) -> list[int]:
+    """Steps of the lines in `<workdir>/metrics.jsonl` (a half-written last line ignored)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
+def finalized_checkpoints(workdir) -> list[int]:
+    """Checkpoint steps Orbax has finalized (its temporary folders are named otherwise)."""
+    folder = pathlib.Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def build_ppo_inputs(root) -> dict:
+    """A tiny random policy (`<root>/sft/export`) and a PRM from it (`<root>/prm/export`),
+    as `--config.ppo.policy` / `--config.ppo.reward_model` overrides."""
+    root = pathlib.Path(root)
+    config = config_lib.base_config("tiny_ppo_inputs", "ppo")
+    config.data.num_train = 64
+    config.model.update(TINY_MODEL)
+    tokenizer = common.get_tokenizer(config)
+    model, params = common.build_model(config, tokenizer)
+    policy = common.export(str(root / "sft"), model, params, tokenizer)
+    rm, rm_params, head = reward_models.reward_model_from_generator(model, params, jax.random.key(1))
+    rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
+    prm = reward_models.save_reward_model(str(root / "prm" / "export"), rm, rm_params, tokenizer, "prm",
+                                          lm_head=head)
+    return {"ppo.policy": policy, "ppo.reward_model": prm}
+
+
+def read_checkpoint(workdir, step: int):
+    """(state as nested dicts of numpy arrays, extra) of checkpoint `step` in
+    `<workdir>/checkpoints`, whichever process layout wrote it."""
+    ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints", handle_sigterm=False, async_save=False)
+    try:
+        assert step in ckpt.all_steps(), f"{workdir}: no checkpoint {step} in {ckpt.all_steps()}"
+        return ckpt.restore_to_host(step)
+    finally:
+        ckpt.close()
+
+
+def assert_same_run(unbroken, other, final_step: int, what: str) -> None:
+    """The export, the final checkpoint (whole state and extra) and every metric line
+    (timings aside) of run `other` equal those of run `unbroken` bitwise."""
+    from safetensors.numpy import load_file
+    a = load_file(os.path.join(unbroken, "export", "model.safetensors"))
+    b = load_file(os.path.join(other, "export", "model.safetensors"))
+    assert a.keys() == b.keys(), what
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), \
+            f"{what}: exported {key} differs (max |diff| {np.abs(a[key] - b[key]).max()})"
+
+    (state_a, extra_a), (state_b, extra_b) = (read_checkpoint(w, final_step) for w in (unbroken, other))
+    leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(state_a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(state_b)
+    assert tree_a == tree_b, what
+    for (path, x), (_, y) in zip(leaves_a, leaves_b):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), \
+            f"{what}: final checkpoint leaf {jax.tree_util.keystr(path)} differs"
+    assert extra_a == extra_b, f"{what}: data position / guard state differ: {extra_a} vs {extra_b}"
+
+    def line_id(row):  # a step can have several lines (training, eval)
+        return row["step"], frozenset(row)
+
+    reference = {line_id(r): r for r in read_metrics(os.path.join(unbroken, "metrics.jsonl"))}
+    rows = read_metrics(os.path.join(other, "metrics.jsonl"))
+    assert {line_id(r) for r in rows} == set(reference), f"{what}: different metric lines"
+    for row in rows:  # lines logged twice (past the last checkpoint, then again) too
+        want = reference[line_id(row)]
+        for key, value in want.items():
+            if not key.endswith(TIMING_SUFFIXES):
+                assert row[key] == value, f"{what}: step {row['step']} {key}: {row[key]} != {value}"
