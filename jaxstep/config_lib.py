@@ -150,6 +150,7 @@ def rm_config() -> ml_collections.ConfigDict:
     r.label_rule = "reference"  # exact labels: reference (right arithmetic, a computation of the reference solution) | valid (right arithmetic on known numbers)
     r.corrupted_per_problem = 0.0  # exact/orm on synthetic: share of training problems that also get a corrupted reference
     r.references_per_problem = 0.0  # ... and the reference solution itself (contrast pairs for the same problem)
+    r.corruption_kinds = ""  # comma list of synthetic corruption kinds for those (arithmetic,operand,skip,repeat); "" = all
     r.contrast_problems = 0  # how many train problems get those (0 = the sampled ones); they cost no sampling
     r.min_class_fraction = 0.2  # exact/orm on synthetic: add corrupted (or reference) solutions until each class has this share
     r.prm800k_path = ""  # PRM800K jsonl file or folder for labels=prm800k
@@ -314,14 +315,20 @@ def ppo_experiment(scheme: str, arg: str = "") -> ml_collections.ConfigDict:
 
 def _ppo_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """CPU-minutes preset of the main job (sizes measured on a 2-core CPU)."""
-    c.ppo.steps = 40
+    # Synthetic prompts are <= 45 tokens and solutions <= 40: shorter rows for every stage.
+    c.data.max_prompt_len = 48
+    c.data.max_response_len = 64
+    c.ppo.steps = 120
     c.ppo.rollout_batch = 64
     c.ppo.minibatches = 2
     c.ppo.epochs = 1
-    c.ppo.learning_rate = 1e-4
-    c.ppo.critic_learning_rate = 3e-4
+    c.ppo.learning_rate = 3e-4
+    c.ppo.critic_learning_rate = 1e-3
+    c.ppo.warmup_steps = 10
+    c.ppo.critic_zero_head = True  # critic = PRM backbone + a value head starting at 0
     c.ppo.eval_limit = 0  # the pipeline evaluates the final policy on pipeline.eval_limit problems
-    c.checkpoint.every_steps = 20
+    c.pipeline.eval_limit = 2000
+    c.checkpoint.every_steps = 40
     return c
 
 

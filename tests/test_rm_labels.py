@@ -37,6 +37,21 @@ def test_exact_labels_of_reference_and_corrupted_solutions(problems):
         assert again.labels == r.labels and again.steps == r.steps
 
 
+def test_corruption_kinds_restrict_the_flaws(problems):
+    key = jax.random.key(1)
+    repeats = labels_lib.corrupted_solutions(problems, key, kinds=("repeat",))
+    assert len(repeats) == len(problems)
+    for p, r in zip(problems, repeats):  # a repeated step: one step more, the answer still right
+        assert len(r.steps) == len(p.steps) + 2 and r.correct
+    slips = labels_lib.corrupted_solutions(problems, key, kinds=("arithmetic",))
+    for p, r in zip(problems, slips):  # a wrong result: same step count, the answer wrong
+        assert len(r.steps) == len(p.steps) + 1 and not r.correct and 0.0 in r.labels
+    assert rm_lib.corruption_kinds(" arithmetic, skip ") == ("arithmetic", "skip")
+    assert rm_lib.corruption_kinds("") == ()
+    with pytest.raises(ValueError, match="typo"):
+        rm_lib.corruption_kinds("arithmetic,typo")
+
+
 def test_balance_classes_adds_the_missing_class(problems):
     refs = labels_lib.reference_solutions(problems)
     assert labels_lib.label_balance(refs)["positive_fraction"] == 1.0

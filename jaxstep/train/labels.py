@@ -178,15 +178,18 @@ def reference_solutions(problems: Sequence[Problem]) -> list[StepLabels]:
 
 
 def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
-                        rule: str = "valid") -> list[StepLabels]:
+                        rule: str = "valid", kinds: Sequence[str] | None = None) -> list[StepLabels]:
     """One `synthetic.corrupt` solution per problem with its exact labels (answer line last).
 
-    Problems that cannot be corrupted are skipped.
+    `kinds` restricts the corruption to a subset of `synthetic.KINDS` (one drawn per
+    problem); None = any. Problems that cannot be corrupted are skipped.
     """
     out = []
     for i, p in enumerate(problems):
+        k = jax.random.fold_in(key, i)
+        kind = None if not kinds else str(kinds[int(jax.random.randint(k, (), 0, len(kinds)))])
         try:
-            c = synthetic.corrupt(p, jax.random.fold_in(key, i), rule=rule)
+            c = synthetic.corrupt(p, k, rule=rule, kind=kind)
         except ValueError:
             continue
         steps = tuple(clean_step(s) for s in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from jaxstep import checkpoint as checkpoint_lib
 from jaxstep import models
-from jaxstep.data import batching, formatting
+from jaxstep.data import batching, formatting, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.metrics import MetricWriter
@@ -405,6 +405,15 @@ def _label_samples(problems, texts, delimiter, rule):
     return out
 
 
+def corruption_kinds(spec: str) -> tuple[str, ...]:
+    """ "arithmetic, operand" -> ("arithmetic", "operand"), validated; "" = every kind."""
+    kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
+    bad = [k for k in kinds if k not in synthetic.KINDS]
+    if bad:
+        raise ValueError(f"rm.corruption_kinds={spec!r}: unknown kind(s) {bad}; expected a comma list of {synthetic.KINDS}")
+    return kinds
+
+
 def _contrast_solutions(config, problems: Sequence[Problem], key: jax.Array) -> list:
     """Corrupted and reference solutions of synthetic training problems (`rm.corrupted_per_problem`,
     `rm.references_per_problem`: the share of problems that get one; over the first
@@ -421,7 +430,7 @@ def _contrast_solutions(config, problems: Sequence[Problem], key: jax.Array) -> 
     out: list = []
     k_c = jax.random.fold_in(key, 7)
     for share, make in ((r.corrupted_per_problem, lambda ps, k: labels_lib.corrupted_solutions(
-            ps, k, rule=r.label_rule)), (r.references_per_problem, lambda ps, k: labels_lib.reference_solutions(ps))):
+            ps, k, rule=r.label_rule, kinds=corruption_kinds(r.corruption_kinds))), (r.references_per_problem, lambda ps, k: labels_lib.reference_solutions(ps))):
         whole, frac = int(share), share - int(share)
         for rep in range(whole + (1 if frac > 0 else 0)):
             chosen = problems if rep < whole else problems[:int(round(frac * len(problems)))]
