@@ -168,6 +168,10 @@ def test_tiny_chain_end_to_end(tmp_path):
         assert not summary["timings"][name]["reused"]
     assert summary["ppo_runs"][0]["eval"]["n"] == 8
     assert os.path.isfile(os.path.join(root, "report.md"))
+    # The PRM report judges the PRM on minimal pairs of the held-out problems too.
+    prm_eval = common.read_summary(os.path.join(root, "prm"))["eval"]
+    assert 0.0 <= prm_eval["prm/flaw_detection_arithmetic"] <= 1.0
+    assert "Flaw detection on minimal pairs" in open(os.path.join(root, "prm", "report.md")).read()
     os.remove(os.path.join(root, "summary.json"))  # force the chain to run again: all reused
     before = mtimes(os.path.join(root, "ppo"))
     again = pipeline.run(c, root)

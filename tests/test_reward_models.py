@@ -168,6 +168,16 @@ def test_save_and_load_reward_model_round_trip(tmp_path, tokenizer, tied):
 
 # ----------------------------------------------------------------------------- evaluation
 
+def test_flaw_detection_hand_computed():
+    ref = [np.array([0.9, 0.8]), np.array([0.7, 0.6]), np.array([0.5, np.nan]), np.array([0.4, 0.4])]
+    flawed = [np.array([0.9, 0.2]), np.array([0.7, 0.9]), np.array([0.5, 0.1]), np.array([0.4, 0.4])]
+    # Step 1: a win, a loss, a NaN pair (skipped), a tie (half).
+    assert rm_eval.flaw_detection(ref, flawed, [1, 1, 1, 1]) == pytest.approx(1.5 / 3)
+    # Outcome scores (ORM): index 0 of each array; all ties.
+    assert rm_eval.flaw_detection(ref, flawed, None) == pytest.approx(0.5)
+    assert np.isnan(rm_eval.flaw_detection([], [], None))
+
+
 def test_rm_eval_metrics_hand_computed():
     assert rm_eval.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert rm_eval.roc_auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)

@@ -52,6 +52,18 @@ def test_corruption_kinds_restrict_the_flaws(problems):
         rm_lib.corruption_kinds("arithmetic,typo")
 
 
+def test_flaw_pairs_agree_up_to_the_flawed_step(problems):
+    pairs = labels_lib.flaw_pairs(problems, jax.random.key(2))
+    assert {x.kind for x in pairs} == {"arithmetic", "operand"}
+    assert len(pairs) >= len(problems)
+    for x in pairs:
+        k = x.position
+        assert x.reference.steps[:k] == x.flawed.steps[:k]
+        assert x.reference.steps[k] != x.flawed.steps[k]
+        assert x.reference.labels[k] == 1.0 and x.flawed.labels[k] == 0.0
+        assert x.reference.problem is x.flawed.problem
+
+
 def test_balance_classes_adds_the_missing_class(problems):
     refs = labels_lib.reference_solutions(problems)
     assert labels_lib.label_balance(refs)["positive_fraction"] == 1.0

@@ -198,6 +198,45 @@ def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class FlawPair:
+    """A reference solution and the same solution with one flaw (a minimal pair).
+
+    Both agree up to step `position`; `flawed.steps[position]` is where the flaw is.
+    A reward model that checks the steps scores `reference` above `flawed` there.
+    """
+
+    reference: StepLabels
+    flawed: StepLabels
+    position: int
+    kind: str
+
+
+def flaw_pairs(problems: Sequence[Problem], key: jax.Array, *,
+               kinds: Sequence[str] = ("arithmetic", "operand"),
+               rule: str = "reference") -> list[FlawPair]:
+    """One minimal pair per synthetic problem and flaw kind (`synthetic.corrupt`).
+
+    Kinds whose flaw sits in one step (a wrong result, a wrong operand); "skip" and
+    "repeat" shift the later steps, so they make no pair. Problems that cannot take a
+    flaw of a kind are skipped for that kind.
+    """
+    refs = reference_solutions(problems)
+    out = []
+    for j, kind in enumerate(kinds):
+        for i, (p, ref) in enumerate(zip(problems, refs)):
+            try:
+                c = synthetic.corrupt(p, jax.random.fold_in(jax.random.fold_in(key, j), i), kind=kind, rule=rule)
+            except ValueError:
+                continue
+            steps = tuple(clean_step(x) for x in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
+            labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
+            if steps[:c.position] != ref.steps[:c.position] or labels[c.position] != 0.0:
+                continue
+            out.append(FlawPair(ref, StepLabels(p, steps, labels, c.answer_correct, "corrupt"), c.position, kind))
+    return out
+
+
 def label_balance(records: Sequence[StepLabels]) -> dict[str, float]:
     """Counts of labelled steps and the fraction that are positive (label >= 0.5)."""
     labels = [x for r in records for x in r.labels if x is not None]

@@ -218,8 +218,23 @@ def _ns(num: int) -> list[int]:
     return ns + [num]
 
 
+def flaw_detection(ref_scores: Sequence[np.ndarray], flawed_scores: Sequence[np.ndarray],
+                   positions: Sequence[int] | None) -> float:
+    """How often the reference outscores its flawed twin (ties count half; NaN pairs skipped).
+
+    PRM: the scores of the flawed step (`positions`); ORM (`positions` None): the outcome scores.
+    """
+    wins = []
+    for i, (a, b) in enumerate(zip(ref_scores, flawed_scores)):
+        k = 0 if positions is None else positions[i]
+        if k >= len(a) or k >= len(b) or np.isnan(a[k]) or np.isnan(b[k]):
+            continue
+        wins.append(1.0 if a[k] > b[k] else 0.5 if a[k] == b[k] else 0.0)
+    return float(np.mean(wins)) if wins else float("nan")
+
+
 def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, samples: Sequence = (),
-             records: Sequence = (), num_per_problem: int = 8, greedy_accuracy: float | None = None,
+             records: Sequence = (), flaw_pairs: Sequence = (), num_per_problem: int = 8, greedy_accuracy: float | None = None,
              max_len: int = 160, batch_size: int = 64, mesh=None,
              delimiter: str = formatting.DEFAULT_DELIMITER, key: jax.Array | None = None) -> dict:
     """Evaluates reward models on held-out samples and records (see the module docstring).
@@ -228,6 +243,8 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
       reward_models: {name: (ScalarModel, params, kind)}.
       samples: generator samples, problem-major, `num_per_problem` each.
       records: held-out labelled records of the training source.
+      flaw_pairs: `labels.FlawPair` minimal pairs (synthetic): per flaw kind, how often
+        the reference step outscores the flawed one (ORM: the outcome score).
       greedy_accuracy: the generator's greedy accuracy on the same problems (a baseline).
       key: unused today (ties are broken by sample order); kept for a random tie-break.
 
@@ -296,6 +313,18 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
                 m["records_outcome_auc"] = roc_auc(outcome, labels)
                 m["records_outcome_accuracy"] = threshold_accuracy(outcome, labels)
                 flat[f"{tag}/records_outcome_auc"] = m["records_outcome_auc"]
+        if flaw_pairs:
+            scored = score_records(model, params, kind, [x.reference for x in flaw_pairs] + [x.flawed for x in flaw_pairs],
+                                   tokenizer, max_len=max_len, batch_size=batch_size, mesh=mesh,
+                                   delimiter=delimiter, desc=f"score {name} flaw pairs")
+            ref_s, flawed_s = scored[:len(flaw_pairs)], scored[len(flaw_pairs):]
+            m["flaw_detection"] = {}
+            for flaw in dict.fromkeys(x.kind for x in flaw_pairs):
+                idx = [i for i, x in enumerate(flaw_pairs) if x.kind == flaw and (kind == "prm" or not x.flawed.correct)]
+                m["flaw_detection"][flaw] = flaw_detection(
+                    [ref_s[i] for i in idx], [flawed_s[i] for i in idx],
+                    [flaw_pairs[i].position for i in idx] if kind == "prm" else None)
+                flat[f"{tag}/flaw_detection_{flaw}"] = m["flaw_detection"][flaw]
         out_models[name] = m
     if P:
         flat[f"majority_of_{N}"] = baselines["majority"][N]
@@ -346,6 +375,15 @@ def report_sections(result: dict) -> list[str]:
                         + report_lib.markdown_table(["model", "score", "AUC", "within-problem AUC"], rows)
                         + "\n\nWithin-problem AUC: how often a correct sample outscores a wrong sample "
                         "of the same problem (what best-of-N relies on).")
+    kinds = list(dict.fromkeys(k for m in result["models"].values() for k in m.get("flaw_detection", {})))
+    if kinds:
+        rows = [[name] + [_fmt(m["flaw_detection"].get(k, float("nan"))) for k in kinds]
+                for name, m in result["models"].items() if "flaw_detection" in m]
+        sections.append("## Flaw detection on minimal pairs\n\n" + report_lib.markdown_table(["model"] + kinds, rows)
+                        + "\n\nEach held-out problem's reference solution against the same solution with one "
+                        "flaw (a wrong result, a wrong operand): how often the "
+                        "reference outscores it at the flawed step (ORM: the outcome score). 0.5 is chance: "
+                        "a reward model near it judges how a problem looks, not whether the step is right.")
     if P:
         headers = ["selection"] + [f"best of {n}" for n in ns]
         rows = []
