@@ -144,6 +144,8 @@ def rm_config() -> ml_collections.ConfigDict:
     r.kind = "prm"  # used when config.stage is neither orm nor prm (the stage name wins): orm | prm
     r.generator = ""  # HF folder of the generator that samples solutions ("" = <workdir>/../sft/export if present)
     r.init_from = ""  # backbone init: HF folder ("" = the generator; neither: config.model from scratch)
+    r.likelihood_feature = False  # prm: add weight * (step log-likelihood under the backbone's LM head) to the head's logit
+    r.lm_loss_weight = 0.0  # prm with likelihood_feature: + weight * next-token loss on correct steps (joint objective)
     # Training data.
     r.labels = "exact"  # prm labels: exact (synthetic) | prm800k | montecarlo
     r.loss = "bce"  # prm loss: bce (per step) | bt (Bradley-Terry between alternatives of one step)

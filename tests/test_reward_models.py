@@ -104,6 +104,19 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
     manual = np.mean([_softplus(logits[e]) - logits[e] * y for e, y in zip(expected, labels)])
     assert float(loss) == pytest.approx(manual, rel=1e-5)
 
+    # The joint LM loss targets the tokens of the correct step only (step 0 and its "\n").
+    step0 = tokenizer.decode([int(i) for i in ids[enc["lm_mask"][0]]])
+    assert step0 == " " + steps[0] + "\n" or step0 == steps[0] + "\n", step0
+    lm_model, lm_params, _ = rm_lib.reward_model_from_generator(
+        decoder, params, jax.random.key(1), rm_lib.boundary_token_ids(tokenizer, "\n"))
+    joint, aux = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce", 0.5))(lm_params, batch)
+    bce, _ = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce"))(lm_params, batch)
+    lm_logits = decoder.apply({"params": params}, batch["ids"])
+    token_lp = np.asarray(models.token_loglik(lm_logits, batch["ids"]))[0]
+    manual_lm = -token_lp[enc["lm_mask"][0]].mean()
+    assert float(aux["lm_loss"]) == pytest.approx(manual_lm, rel=1e-5)
+    assert float(joint) == pytest.approx(float(bce) + 0.5 * manual_lm, rel=1e-5)
+
     # ORM: one target, the last real token (the EOS).
     orm = rm_lib.encode_labeled([record], tokenizer, 128, kind="orm")
     last = int(enc["mask"][0].sum()) - 1
@@ -164,6 +177,43 @@ def test_save_and_load_reward_model_round_trip(tmp_path, tokenizer, tied):
         np.testing.assert_array_equal(np.asarray(lm_params["lm_head"]), np.asarray(lm_head))
     with pytest.raises(FileNotFoundError, match="reward_model.json"):
         rm_lib.load_reward_model(str(tmp_path))
+
+
+def test_segment_loglik_matches_a_python_loop():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 7, 5)).astype(np.float32)
+    ids = np.array([[1, 4, 2, 3, 4, 4, 0], [4, 1, 1, 2, 4, 3, 2]], np.int32)
+    got = np.asarray(models.segment_loglik(jnp.asarray(logits), jnp.asarray(ids), (4,)))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for b in range(2):
+        for t in range(7):
+            start = max([s for s in range(t) if ids[b, s] == 4], default=-1) + 1
+            want = sum(logp[b, s - 1, ids[b, s]] for s in range(max(start, 1), t + 1))
+            assert got[b, t] == pytest.approx(want, abs=1e-5), (b, t)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_likelihood_feature_reads_the_lm_and_round_trips(tmp_path, tokenizer, tied):
+    decoder, params = _tiny(tokenizer, tie_word_embeddings=tied)
+    newline = rm_lib.boundary_token_ids(tokenizer, "\n")
+    assert newline and all("\n" in tokenizer.decode([i]) for i in newline)
+    model, rm_params, lm_head = rm_lib.reward_model_from_generator(decoder, params, jax.random.key(4), newline)
+    ids = jnp.asarray(tokenizer("Ann has 3 + 4 = 7 eggs.\nAnn has 7 - 2 = 5 eggs.\n#### 5")["input_ids"])[None]
+    # Score head at 0: the logit is the step log-likelihood under the generator's own LM.
+    zero = dict(rm_params, score=jax.tree.map(jnp.zeros_like, rm_params["score"]))
+    lm = decoder.apply({"params": params}, ids)
+    np.testing.assert_allclose(np.asarray(model.apply({"params": zero}, ids)),
+                               np.asarray(models.segment_loglik(lm, ids, newline)), rtol=1e-5, atol=1e-5)
+    rm_params["likelihood"]["weight"] = jnp.array([0.5])
+    path = str(tmp_path / "export")
+    rm_lib.save_reward_model(path, model, rm_params, tokenizer, "prm", lm_head=lm_head)
+    loaded, loaded_params, _, _ = rm_lib.load_reward_model(path)
+    assert loaded.boundary_ids == newline
+    np.testing.assert_allclose(np.asarray(loaded.apply({"params": loaded_params}, ids)),
+                               np.asarray(model.apply({"params": rm_params}, ids)), rtol=1e-5, atol=1e-5)
+    plain = models.without_likelihood(loaded_params)  # e.g. a critic from this reward model
+    assert set(plain) == {"decoder", "score"} and "lm_head" not in plain["decoder"]
+    models.ScalarModel(loaded.config).apply({"params": plain}, ids)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -16,13 +16,15 @@ import jax.numpy as jnp
 from jaxstep.models.config import (SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError,
                                    tiny)
 from jaxstep.models.decoder import Decoder, cache_logical_axes, init_cache, lm_logits
-from jaxstep.models.heads import ScalarModel, apply_score, scalar_params_from_decoder
+from jaxstep.models.heads import (ScalarModel, apply_score, scalar_params_from_decoder, segment_loglik,
+                                   segment_sums, token_loglik, without_likelihood)
 from jaxstep.models.sampler import SampleOutput, generate
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "UnsupportedModelError", "tiny", "Decoder",
     "ScalarModel", "init_cache", "cache_logical_axes", "init_params", "logical_specs",
     "abstract_params", "scalar_params_from_decoder", "apply_score", "lm_logits", "generate",
+    "segment_loglik", "without_likelihood",
     "SampleOutput",
 ]
 

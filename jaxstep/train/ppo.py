@@ -254,7 +254,9 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         if not shared_tokens:
             raise ValueError(f"ppo.critic_init='reward_model' needs the reward model ({rm_path}) to "
                              f"share the policy's tokenizer; use critic_init='policy'")
-        critic_model, critic_params = rm_model, _copy(rm_params)
+        # The critic is the reward model's backbone and scalar head (no likelihood feature).
+        critic_model = models.ScalarModel(rm_model.config)
+        critic_params = _copy(models.without_likelihood(rm_params))
     else:
         critic_model = models.ScalarModel(model.config)
         critic_params = models.scalar_params_from_decoder(sft_params, k_critic, model.config)

@@ -65,15 +65,29 @@ DATA_DIR = "data"
 
 # ============================================================================ model I/O
 
-def reward_model_from_generator(model: models.Decoder, params: dict, key: jax.Array):
+def reward_model_from_generator(model: models.Decoder, params: dict, key: jax.Array,
+                                boundary_ids: Sequence[int] = ()):
     """`(ScalarModel, rm_params, lm_head)` from a generator: same backbone, fresh head.
 
+    `boundary_ids` (the step delimiter's token ids) turns on the likelihood feature
+    (`jaxstep.models.heads`); the LM head is then part of the params. Otherwise
     `lm_head` is the generator's untied LM head (None when tied), kept only so the
     export stays a loadable causal LM.
     """
-    rm = models.ScalarModel(model.config)
-    rm_params = models.scalar_params_from_decoder(params, key, model.config)
+    boundary_ids = tuple(int(i) for i in boundary_ids)
+    rm = models.ScalarModel(model.config, boundary_ids=boundary_ids)
+    rm_params = models.scalar_params_from_decoder(params, key, model.config, likelihood=bool(boundary_ids))
     return rm, rm_params, params.get("lm_head")
+
+
+def boundary_token_ids(tokenizer, delimiter: str) -> tuple[int, ...]:
+    """Ids of every vocabulary token whose text contains the step delimiter (e.g. "\n", ".\n")."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    ids = sorted(i for i in vocab.values() if delimiter in tokenizer.decode([i]))
+    if not ids:
+        raise ValueError(f"no token of the tokenizer contains the step delimiter {delimiter!r}; "
+                         "the likelihood feature needs one (set rm.likelihood_feature=False)")
+    return tuple(ids)
 
 
 def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokenizer, kind: str, *,
@@ -99,6 +113,8 @@ def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokeni
     params = common.host_params(params)
     if common.is_main_process():
         decoder = dict(params["decoder"])
+        if not config.tie_word_embeddings and "lm_head" in decoder:
+            lm_head = decoder.pop("lm_head")  # the likelihood feature's trained LM head
         if not config.tie_word_embeddings:
             if lm_head is None:
                 logger.warning("save_reward_model: untied model without an LM head; writing zeros")
@@ -109,13 +125,16 @@ def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokeni
         hf.save(tmp, config, decoder, tokenizer=tokenizer)
         kernel = np.asarray(params["score"]["kernel"], np.float32)  # [embed, 1]
         bias = np.asarray(params["score"]["bias"], np.float32).reshape(1)
-        save_file({"score.weight": np.ascontiguousarray(kernel.T), "score.bias": bias},
-                  os.path.join(tmp, SCORE_FILE), metadata={"format": "pt"})
+        head = {"score.weight": np.ascontiguousarray(kernel.T), "score.bias": bias}
+        if model.boundary_ids:
+            head["likelihood.weight"] = np.asarray(params["likelihood"]["weight"], np.float32).reshape(1)
+        save_file(head, os.path.join(tmp, SCORE_FILE), metadata={"format": "pt"})
         info = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
                 "score_position": "step_ends" if kind == "prm" else "last_token",
                 "score_activation": "sigmoid", "score_file": SCORE_FILE,
                 "prompt_template": formatting.PROMPT_TEMPLATE,
-                "step_delimiter": formatting.DEFAULT_DELIMITER, **(metadata or {})}
+                "step_delimiter": formatting.DEFAULT_DELIMITER,
+                "likelihood_boundary_ids": list(model.boundary_ids), **(metadata or {})}
         with open(os.path.join(tmp, RM_CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
         shutil.rmtree(path, ignore_errors=True)
@@ -161,7 +180,9 @@ def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32):
 
     info = read_reward_model_info(path)
     decoder, decoder_params = hf.load(path, dtype=dtype, param_dtype=param_dtype)
-    decoder_params = {k: v for k, v in decoder_params.items() if k != "lm_head"}
+    boundary_ids = tuple(int(i) for i in info.get("likelihood_boundary_ids") or ())
+    if not boundary_ids:
+        decoder_params = {k: v for k, v in decoder_params.items() if k != "lm_head"}
     head_file = os.path.join(path, info.get("score_file", SCORE_FILE))
     if not os.path.isfile(head_file):
         raise FileNotFoundError(f"{head_file}: the reward model's score head is missing")
@@ -173,8 +194,13 @@ def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32):
     bias = head.get("score.bias", np.zeros((1,), np.float32)).reshape(1)
     params = {"decoder": decoder_params,
               "score": {"kernel": jnp.asarray(weight.T, param_dtype), "bias": jnp.asarray(bias, param_dtype)}}
+    if boundary_ids:
+        if "likelihood.weight" not in head:
+            raise ValueError(f"{head_file}: reward_model.json names likelihood boundary ids but "
+                             "'likelihood.weight' is missing")
+        params["likelihood"] = {"weight": jnp.asarray(head["likelihood.weight"].reshape(1), jnp.float32)}
     tokenizer = tokenizer_lib.load_tokenizer(path)
-    return models.ScalarModel(decoder.config), params, tokenizer, info["kind"]
+    return models.ScalarModel(decoder.config, boundary_ids=boundary_ids), params, tokenizer, info["kind"]
 
 
 # ============================================================================ batches
@@ -185,7 +211,8 @@ def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len:
     """Token batch for BCE training/scoring of labelled solutions.
 
     Sequences are `[bos] prompt steps [eos]` (`batching.encode_sft`). PRM: targets at
-    every step end; ORM: one target at the last real token (the EOS).
+    every step end, and `lm_mask` bool `[B, T]` on the tokens of steps labelled correct
+    (the targets of `rm.lm_loss_weight`); ORM: one target at the last real token (the EOS).
 
     Returns numpy arrays: ids int32 `[B, T]`, mask bool `[B, T]`, step_ends int32
     `[B, S]`, step_mask bool `[B, S]` (steps present in the tokens), labels float32
@@ -204,21 +231,29 @@ def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len:
         label_mask = np.array([[r.correct is not None] for r in records], bool).reshape(B, 1)
         return {"ids": enc["ids"], "mask": enc["mask"], "step_ends": step_ends,
                 "step_mask": np.ones((B, 1), bool), "labels": labels, "label_mask": label_mask,
-                "truncated": enc["truncated"], "misaligned": np.zeros(B, bool)}
+                "lm_mask": np.zeros(enc["ids"].shape, bool), "truncated": enc["truncated"],
+                "misaligned": np.zeros(B, bool)}
     S = enc["step_ends"].shape[1]
     labels = np.zeros((B, S), np.float32)
     label_mask = np.zeros((B, S), bool)
+    lm_mask = np.zeros(enc["ids"].shape, bool)
     misaligned = enc["num_steps"] != np.array([len(r.steps) for r in records])
     for b, r in enumerate(records):
         if misaligned[b]:
             continue
+        start = int(enc["prompt_lens"][b])
         for k, label in enumerate(r.labels[:S]):
-            if label is not None and enc["step_mask"][b, k]:
+            if not enc["step_mask"][b, k]:
+                break
+            end = int(enc["step_ends"][b, k])
+            if label is not None:
                 labels[b, k] = label
                 label_mask[b, k] = True
+                lm_mask[b, start:end + 1] = label >= 0.5
+            start = end + 1
     return {"ids": enc["ids"], "mask": enc["mask"], "step_ends": enc["step_ends"],
             "step_mask": enc["step_mask"], "labels": labels, "label_mask": label_mask,
-            "truncated": enc["truncated"], "misaligned": misaligned}
+            "lm_mask": lm_mask, "truncated": enc["truncated"], "misaligned": misaligned}
 
 
 def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len: int, *,
@@ -278,13 +313,24 @@ def bt_loss(chosen: jax.Array, rejected: jax.Array, mask: jax.Array) -> tuple[ja
                                               "targets": weights.sum()}
 
 
-def batch_loss(model, params: dict, batch: dict, loss: str) -> tuple[jax.Array, dict]:
-    """The training loss of one batch (`encode_labeled` for "bce", `encode_pairs` for "bt")."""
+def batch_loss(model, params: dict, batch: dict, loss: str, lm_weight: float = 0.0) -> tuple[jax.Array, dict]:
+    """The training loss of one batch (`encode_labeled` for "bce", `encode_pairs` for "bt").
+
+    `lm_weight` > 0 (bce, likelihood feature) adds the backbone's next-token loss on the
+    tokens of correct steps (`lm_mask`): the joint objective of Cobbe et al. (2021).
+    """
     from jaxstep.rewards import scoring
 
     ids, mask = batch["ids"], batch["mask"]
     if loss == "bt":  # [B, 2, T] -> [2B, T]: chosen and rejected rows interleaved
         ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+    if loss == "bce" and lm_weight > 0:
+        logits, token_lp = model.apply({"params": params}, ids, attention_mask=mask, return_token_logprobs=True)
+        picked = scoring.gather_steps(logits, batch["step_ends"], batch["step_mask"])
+        value, aux = bce_loss(picked, batch["labels"], batch["label_mask"])
+        weights = batch["lm_mask"].astype(jnp.float32)
+        lm = -(token_lp * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+        return value + lm_weight * lm, {**aux, "bce": value, "lm_loss": lm}
     logits = scoring.position_logits(model, params, ids, mask)
     if loss == "bce":
         picked = scoring.gather_steps(logits, batch["step_ends"], batch["step_mask"])
@@ -295,10 +341,10 @@ def batch_loss(model, params: dict, batch: dict, loss: str) -> tuple[jax.Array, 
     raise ValueError(f"unknown reward-model loss {loss!r}; expected one of {LOSSES}")
 
 
-def train_step(model, tx, loss: str, state: dict, batch: dict) -> tuple[dict, dict]:
+def train_step(model, tx, loss: str, state: dict, batch: dict, lm_weight: float = 0.0) -> tuple[dict, dict]:
     """One AdamW step; `state` = {params, opt_state, step, rng}."""
     (value, aux), grads = jax.value_and_grad(
-        lambda p: batch_loss(model, p, batch, loss), has_aux=True)(state["params"])
+        lambda p: batch_loss(model, p, batch, loss, lm_weight), has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
@@ -594,7 +640,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     data = build_data(config, workdir, kind, generator, mesh, k_data)
     loss = r.loss if kind == "prm" else "bce"
 
-    model, params, lm_head = reward_model_from_generator(base_model, base_params, k_init)
+    if r.lm_loss_weight > 0 and not (r.likelihood_feature and kind == "prm"):
+        raise ValueError("rm.lm_loss_weight > 0 needs a PRM with rm.likelihood_feature=True (the LM head)")
+    boundary_ids = (boundary_token_ids(tokenizer, config.data.step_delimiter)
+                    if r.likelihood_feature and kind == "prm" else ())
+    model, params, lm_head = reward_model_from_generator(base_model, base_params, k_init, boundary_ids)
     del base_params
     logger.info("%s: %.2fM params, %d training records (%s loss)", kind,
                 common.count_params(params) / 1e6, len(data.train), loss)
@@ -612,7 +662,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     else:
         transform = functools.partial(_encode_labeled_batch, tokenizer=tokenizer, max_len=max_len,
                                       kind=kind, delimiter=config.data.step_delimiter)
-        keys = ("ids", "mask", "step_ends", "step_mask", "labels", "label_mask")
+        keys = ("ids", "mask", "step_ends", "step_mask", "labels", "label_mask", "lm_mask")
     loader = batching.make_loader(train_records, local_batch, seed=config.seed, transform=transform)
 
     tx = sft.make_optimizer(r)
@@ -630,7 +680,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         logger.info("%s: resumed from step %d", kind, int(state["step"]))
     step = int(state["step"])
 
-    step_fn = common.jit_step(functools.partial(train_step, model, tx, loss), mesh)
+    lm_weight = float(r.lm_loss_weight) if loss == "bce" else 0.0
+    step_fn = common.jit_step(functools.partial(train_step, model, tx, loss, lm_weight=lm_weight), mesh)
     writer = MetricWriter(workdir, prefix=kind)
     schedule = sft.learning_rate_schedule(r)
     history: dict[str, list] = {}
