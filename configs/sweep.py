@@ -25,4 +25,6 @@ def get_config(arg: str = ""):
     c.name = "sweep"
     c.stage = "sweep"
     c.sweep.schemes = "orm,prm_max,prm_min,clip_delta"
+    if arg in ("", "cpu"):
+        config_lib.synthetic_prm(c, steps=600)  # the configs/train_prm.py PRM: the sweep has no 10-minute budget
     return c

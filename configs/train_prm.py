@@ -1,6 +1,6 @@
 """Stage prm: a process reward model (one score per reasoning step).
 
-    python -m jaxstep.main --config=configs/train_prm.py --workdir=runs/prm          # CPU, ~2 min
+    python -m jaxstep.main --config=configs/train_prm.py --workdir=runs/prm          # CPU, ~4 min
     python -m jaxstep.main --config=configs/train_prm.py:montecarlo --workdir=runs/prm_mc
     python -m jaxstep.main --config=configs/train_prm.py:prm800k --workdir=runs/prm800k \
         --config.rm.prm800k_path=/path/to/prm800k/phase2_train.jsonl
@@ -11,9 +11,12 @@ The generator is `rm.generator`, else the SFT export of a chained run
 
 Presets:
   ""          exact labels on synthetic problems: samples of the SFT generator labelled
-              step by step by `synthetic.label_steps`, plus corrupted references when a
-              class is rare; per-step BCE. Then step AUC and best-of-8 (PRM-min/prod/
-              avg/max vs majority vote, random pick and greedy) on held-out problems.
+              step by step by `synthetic.label_steps`, plus minimal pairs (each train
+              problem's reference and a copy with one wrong result or operand); per-step
+              BCE + the joint next-token loss on correct steps; the head also reads each
+              step's log-likelihood under the backbone (`rm.likelihood_feature`). Then
+              step AUC, flaw detection and best-of-8 (PRM-min/prod/avg/max vs majority
+              vote, random pick and greedy) on 300 held-out problems.
   montecarlo  the same problems labelled Math-Shepherd style (completions from every
               step prefix; hard labels), no exact labels used for training.
   bt          exact labels turned into Bradley-Terry pairs of alternative steps.
@@ -27,11 +30,18 @@ from jaxstep import config_lib
 PRESETS = ("", "cpu", "montecarlo", "bt", "prm800k", "paper")
 
 
-def _cpu(c):
-    # The rm defaults in config_lib are the CPU preset (the default chain uses them too):
-    # ~1.5 min on a 2-core CPU for sampling, training and evaluation.
+def _base(c):
+    config_lib.synthetic_cpu_lengths(c)
     c.sampler.batch_size = 128
-    c.checkpoint.every_steps = 50
+    c.checkpoint.every_steps = 100
+    return c
+
+
+def _cpu(c):
+    # The synthetic PRM recipe of config_lib (likelihood feature, joint LM loss, minimal
+    # pairs), 600 steps: ~4 min on a 2-core CPU for sampling, training and evaluation.
+    config_lib.synthetic_prm(_base(c), steps=600)
+    c.rm.eval_problems = 300
     return c
 
 
@@ -42,7 +52,7 @@ def get_config(arg: str = ""):
     if preset == "cpu":
         return _cpu(c)
     if preset == "montecarlo":
-        c = _cpu(c)
+        c = _base(c)
         c.name = "train_prm_montecarlo"
         c.rm.labels = "montecarlo"
         c.rm.mc_samples = 4
@@ -50,7 +60,7 @@ def get_config(arg: str = ""):
         c.rm.num_problems = 96  # x 2 samples, ~3 prefixes each, 4 completions per prefix
         return c
     if preset == "bt":
-        c = _cpu(c)
+        c = _base(c)
         c.name = "train_prm_bt"
         c.rm.loss = "bt"
         c.rm.corrupted_per_problem = 0.5  # corrupted references give pairs that differ in one step

@@ -98,6 +98,20 @@ def test_paired_difference_and_errors():
     assert mean == pytest.approx(0.2) and se == pytest.approx(0.1)
 
 
+def test_paired_difference_of_sampled_responses():
+    def rows(shares):  # 4 samples per problem, `k` of them right
+        return [{"source": "s", "id": str(i), "correct": 0,
+                 "samples": [{"correct": j < k} for j in range(4)]} for i, k in enumerate(shares)]
+    before, after = rows([0, 2, 4, 1]), rows([1, 2, 3, 4])
+    d = pipeline.paired_difference(before, after, pipeline.sampled_correct)
+    diffs = np.array([0.25, 0.0, -0.25, 0.75])
+    assert d["n"] == 4 and d["gained"] == 2 and d["lost"] == 1
+    assert d["diff"] == pytest.approx(diffs.mean()) and d["se"] == pytest.approx(diffs.std(ddof=1) / 2)
+    # Rows without samples (greedy-only evals) drop out instead of counting as wrong.
+    assert pipeline.paired_difference(before, [{"source": "s", "id": "0", "correct": 1}],
+                                      pipeline.sampled_correct)["n"] == 0
+
+
 def test_pipeline_reuses_finished_stages(tmp_path):
     root = str(tmp_path / "main")
     sft = finished_chain(root)

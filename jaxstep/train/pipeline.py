@@ -125,18 +125,30 @@ def _row_key(row: dict):
     return (row.get("source"), row.get("id") or row.get("question"))
 
 
-def paired_difference(before: Sequence[dict], after: Sequence[dict]) -> dict[str, float]:
-    """Accuracy difference after - before on the problems both graded, with the standard
-    error of the paired difference (sqrt(var(d) / n), d in {-1, 0, 1} per problem).
+def greedy_correct(row: dict) -> float:
+    """1.0 if the row's greedy response is right."""
+    return float(bool(row["correct"]))
 
-    Returns {n, diff, se, z, gained (wrong -> right), lost (right -> wrong)}.
+
+def sampled_correct(row: dict) -> float | None:
+    """The share of the row's sampled responses (eval.pass_k) that are right; None without samples."""
+    samples = row.get("samples") or []
+    return float(np.mean([bool(s["correct"]) for s in samples])) if samples else None
+
+
+def paired_difference(before: Sequence[dict], after: Sequence[dict], value=greedy_correct) -> dict[str, float]:
+    """Accuracy difference after - before on the problems both graded, with the standard
+    error of the paired difference (sqrt(var(d) / n), d = value(after) - value(before)
+    per problem: in {-1, 0, 1} for greedy correctness).
+
+    Returns {n, diff, se, z, gained (after better), lost (after worse)}.
     """
-    a = {_row_key(r): bool(r["correct"]) for r in before}
-    b = {_row_key(r): bool(r["correct"]) for r in after}
-    keys = [k for k in a if k in b]
+    a = {_row_key(r): value(r) for r in before}
+    b = {_row_key(r): value(r) for r in after}
+    keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
     if not keys:
         return {"n": 0, "diff": float("nan"), "se": float("nan"), "z": float("nan"), "gained": 0, "lost": 0}
-    d = np.array([int(b[k]) - int(a[k]) for k in keys], np.float64)
+    d = np.array([b[k] - a[k] for k in keys], np.float64)
     n = len(d)
     se = math.sqrt(d.var(ddof=1) / n) if n > 1 else float("nan")
     diff = float(d.mean())
@@ -217,6 +229,11 @@ def write_report(root: str, result: dict, delimiter: str) -> str:
         lines.append(f"- {run['name']}: PPO − SFT = **{format_pm(d['diff'], d['se'], signed=True)}** "
                      f"(paired s.e. over {d['n']} problems, z = {_fmt(d['z'], 1)}; "
                      f"{d['gained']} problems gained, {d['lost']} lost)")
+        d = run.get("sampled_difference") or {}
+        if d.get("n"):
+            lines.append(f"- {run['name']}, sampled responses (eval.pass_k per problem at the rollout "
+                         f"temperature): PPO − SFT = **{format_pm(d['diff'], d['se'], signed=True)}** "
+                         f"(paired s.e. over {d['n']} problems, z = {_fmt(d['z'], 1)})")
     if len(c["ppo_runs"]) > 1:
         lines.append(f"- over {len(c['ppo_runs'])} seeds: PPO − SFT = "
                      f"**{format_pm(c['improvement']['mean'], c['improvement']['se'], signed=True)}** "
@@ -251,6 +268,7 @@ def ppo_run_result(chain: Chain, name: str, summary: dict, eval_name: str, sft_r
     eval_summary, rows = chain.evaluate(eval_name, summary["export"], f"PPO {name}")
     return {"name": name, "workdir": os.path.join(chain.root, name), "scheme": summary.get("scheme"),
             "eval": accuracy_with_error(rows), "difference": paired_difference(sft_rows, rows),
+            "sampled_difference": paired_difference(sft_rows, rows, sampled_correct),
             "hacking_eval": eval_hacking_stats(rows, delimiter), "first": summary.get("first", {}),
             "last": summary.get("last", {}), "eval_workdir": os.path.join(chain.root, eval_name),
             "kl_coef_final": summary.get("kl_coef_final")}
@@ -284,9 +302,10 @@ def run(config, workdir: str) -> dict:
               "timings": chain.timings, "seconds": time.time() - started}
     if common.is_main_process():
         result["report"] = write_report(chain.root, result, delimiter)
-        d = runs[0]["difference"]
+        d, ds = runs[0]["difference"], runs[0].get("sampled_difference") or {}
+        sampled = (f"; sampled PPO - SFT {format_pm(ds['diff'], ds['se'], signed=True)}" if ds.get("n") else "")
         print(f"\nSFT accuracy {format_pm(result['sft']['accuracy'], result['sft']['se'])}; "
               f"PPO accuracy {format_pm(runs[0]['eval']['accuracy'], runs[0]['eval']['se'])}; "
-              f"PPO - SFT {format_pm(d['diff'], d['se'], signed=True)} (paired, n={d['n']}); "
+              f"PPO - SFT {format_pm(d['diff'], d['se'], signed=True)} (greedy, paired, n={d['n']}){sampled}; "
               f"{result['seconds']:.0f} s. Report: {result['report']}\n", flush=True)
     return common.write_summary(workdir, result)

@@ -640,8 +640,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     data = build_data(config, workdir, kind, generator, mesh, k_data)
     loss = r.loss if kind == "prm" else "bce"
 
-    if r.lm_loss_weight > 0 and not (r.likelihood_feature and kind == "prm"):
-        raise ValueError("rm.lm_loss_weight > 0 needs a PRM with rm.likelihood_feature=True (the LM head)")
+    if kind == "prm" and r.lm_loss_weight > 0 and not r.likelihood_feature:
+        raise ValueError("rm.lm_loss_weight > 0 needs rm.likelihood_feature=True (the PRM keeps the LM head)")
     boundary_ids = (boundary_token_ids(tokenizer, config.data.step_delimiter)
                     if r.likelihood_feature and kind == "prm" else ())
     model, params, lm_head = reward_model_from_generator(base_model, base_params, k_init, boundary_ids)
@@ -680,7 +680,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         logger.info("%s: resumed from step %d", kind, int(state["step"]))
     step = int(state["step"])
 
-    lm_weight = float(r.lm_loss_weight) if loss == "bce" else 0.0
+    lm_weight = float(r.lm_loss_weight) if loss == "bce" and model.boundary_ids else 0.0
     step_fn = common.jit_step(functools.partial(train_step, model, tx, loss, lm_weight=lm_weight), mesh)
     writer = MetricWriter(workdir, prefix=kind)
     schedule = sft.learning_rate_schedule(r)

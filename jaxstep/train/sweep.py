@@ -53,12 +53,17 @@ def scheme_rows(runs: list[dict]) -> dict[str, dict]:
         accs = [r["eval"]["accuracy"] for r in mine]
         diffs = [r["difference"]["diff"] for r in mine]
         row = {"scheme": scheme, "seeds": len(mine), "n": mine[0]["eval"]["n"]}
+        sampled = [r["sampled_difference"] for r in mine if (r.get("sampled_difference") or {}).get("n")]
         if len(mine) == 1:
             row.update(accuracy=accs[0], accuracy_se=mine[0]["eval"]["se"], diff=diffs[0],
                        diff_se=mine[0]["difference"]["se"])
+            if sampled:
+                row.update(sampled_diff=sampled[0]["diff"], sampled_diff_se=sampled[0]["se"])
         else:  # uncertainty over seeds
             row["accuracy"], row["accuracy_se"] = mean_and_se(accs)
             row["diff"], row["diff_se"] = mean_and_se(diffs)
+            if sampled:
+                row["sampled_diff"], row["sampled_diff_se"] = mean_and_se([d["diff"] for d in sampled])
         for source, key in (("last", "score"), ("last", "reward"), ("last", "kl"), ("last", "rollout_accuracy"),
                             ("last", "rm_score")):
             values = [r[source].get(key) for r in mine if r[source].get(key) is not None]
@@ -69,19 +74,21 @@ def scheme_rows(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-COLUMNS = ("scheme", "accuracy ± s.e.", "Δ vs SFT ± s.e.", "score", "reward", "KL", "rollout acc.",
+COLUMNS = ("scheme", "accuracy ± s.e.", "Δ vs SFT ± s.e.", "Δ sampled ± s.e.", "score", "reward", "KL", "rollout acc.",
            "RM score", "steps/resp.", "repeated steps", "empty steps", "tokens/resp.")
 
 
 def comparison_table(sft: dict, sft_hacking: dict, rows: dict[str, dict]) -> str:
     """The sweep's Markdown comparison table (SFT first, then one row per scheme)."""
-    table = [["SFT (start)", format_pm(sft["accuracy"], sft["se"]), "", "", "", "", "", "",
+    table = [["SFT (start)", format_pm(sft["accuracy"], sft["se"]), "", "", "", "", "", "", "",
               _fmt(sft_hacking["num_steps"], 2), _fmt(sft_hacking["repeated_step_fraction"]),
               _fmt(sft_hacking["empty_step_fraction"]), _fmt(sft_hacking["response_length"], 1)]]
     for r in rows.values():
         name = r["scheme"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "")
         table.append([name, format_pm(r["accuracy"], r["accuracy_se"]),
-                      format_pm(r["diff"], r["diff_se"], signed=True), _fmt(r["score"]), _fmt(r["reward"]),
+                      format_pm(r["diff"], r["diff_se"], signed=True),
+                      format_pm(r["sampled_diff"], r["sampled_diff_se"], signed=True) if "sampled_diff" in r else "",
+                      _fmt(r["score"]), _fmt(r["reward"]),
                       _fmt(r["kl"]), _fmt(r["rollout_accuracy"]), _fmt(r["rm_score"]),
                       _fmt(r["eval_num_steps"], 2), _fmt(r["eval_repeated_step_fraction"]),
                       _fmt(r["eval_empty_step_fraction"]), _fmt(r["eval_response_length"], 1)])
@@ -95,7 +102,8 @@ def write_report(root: str, result: dict) -> str:
         f"for every scheme; greedy accuracy on the same {result['sft']['n']} test problems.",
         "## Comparison\n\n" + comparison_table(result["sft"], result["sft_hacking"], result["schemes"]),
         "Columns: accuracy with its binomial s.e. (over seeds: mean ± s.e. of the mean); Δ: "
-        "accuracy minus the SFT policy's on the same problems, with the paired s.e.; score: "
+        "greedy accuracy minus the SFT policy's on the same problems, with the paired s.e.; Δ sampled: "
+        "the same for sampled responses (eval.pass_k per problem at the rollout temperature); score: "
         "shaped reward-model + success reward per response, reward: the same minus the KL "
         "penalty, KL: summed KL to the SFT policy per response, rollout acc., RM score: mean "
         "over the last 10% of PPO iterations (sampled responses); steps/resp., repeated and "
