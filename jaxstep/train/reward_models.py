@@ -16,13 +16,20 @@ at the last token of every step (`jaxstep.rewards.scoring` reads them the same w
     bt (Bradley-Terry `-log sigmoid(r_chosen - r_rejected)` between alternatives of the
     same step).
 
+PRM options for small backbones (see the README's ablation): `rm.likelihood_feature`
+adds w * (the step's log-likelihood under the backbone's own LM head) to the head's
+logit (`jaxstep.models.heads`), `rm.lm_loss_weight` adds the next-token loss on correct
+steps, and `rm.corrupted_per_problem` / `rm.references_per_problem` with
+`rm.corruption_kinds` add minimal pairs of synthetic problems. The report also gives
+flaw detection on minimal pairs of the held-out problems (`rm_eval.flaw_detection`).
+
 Training data are built once and kept in `<workdir>/data/` (Monte-Carlo labels are
 cached per finished solution). Training: AdamW with warmup and cosine decay, one
 jitted step sharded over the mesh, Orbax checkpoints (params, optimizer, step, data
 position) with resume. Then `jaxstep.train.rm_eval` evaluates on held-out samples of
 the generator (step/outcome AUC, best-of-N) and writes `report.md`. The product is
 `<workdir>/export`: an HF causal-LM folder of the backbone (with the generator's LM
-head, unchanged) plus `score.safetensors` and `reward_model.json`;
+head, unchanged unless the likelihood feature trained it) plus `score.safetensors` and `reward_model.json`;
 `load_reward_model(path)` reads it back in one call.
 """
 from __future__ import annotations
