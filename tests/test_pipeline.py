@@ -185,6 +185,7 @@ def test_tiny_chain_end_to_end(tmp_path):
     # The PRM report judges the PRM on minimal pairs of the held-out problems too.
     prm_eval = common.read_summary(os.path.join(root, "prm"))["eval"]
     assert 0.0 <= prm_eval["prm/flaw_detection_arithmetic"] <= 1.0
+    assert -1.0 <= prm_eval["prm/best_of_2_min_minus_greedy"] <= 1.0  # paired against greedy
     assert "Flaw detection on minimal pairs" in open(os.path.join(root, "prm", "report.md")).read()
     os.remove(os.path.join(root, "summary.json"))  # force the chain to run again: all reused
     before = mtimes(os.path.join(root, "ppo"))

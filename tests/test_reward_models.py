@@ -228,6 +228,16 @@ def test_flaw_detection_hand_computed():
     assert np.isnan(rm_eval.flaw_detection([], [], None))
 
 
+def test_best_of_n_minus_greedy_is_paired():
+    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5], [0.3, 0.4]])
+    correct = np.array([[0, 1], [0, 1], [1, 0], [0, 0]], bool)
+    greedy = [False, True, False, False]
+    diff, se = rm_eval.minus_greedy(scores, correct, greedy)
+    d = np.array([1, -1, 1, 0], float)  # picks: right, wrong, right (tie: first), wrong
+    assert diff == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / 2)
+    assert diff == pytest.approx(rm_eval.best_of_n(scores, correct) - np.mean(greedy))
+
+
 def test_rm_eval_metrics_hand_computed():
     assert rm_eval.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert rm_eval.roc_auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)

@@ -589,6 +589,7 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
                                       delimiter, r.label_rule)
         greedy = _sample(config, generator, eval_problems, 1, k_eval, mesh, "greedy", greedy=True)
         greedy_accuracy = float(np.mean([x.correct for x in greedy]))
+        info["greedy_correct"] = [bool(x.correct) for x in greedy]
         info["eval_sample_accuracy"] = float(np.mean([x.correct for x in decoded]))
         info["eval_data_seconds"] = time.time() - started
     info["greedy_accuracy"] = greedy_accuracy
@@ -743,7 +744,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     flaw_pairs = labels_lib.flaw_pairs(eval_problems, jax.random.fold_in(root, 105), rule=r.label_rule)
     evaluation = rm_eval.evaluate(
         reward_models, tokenizer, samples=data.eval_samples, records=data.eval_records, flaw_pairs=flaw_pairs,
-        num_per_problem=r.best_of_n, greedy_accuracy=data.greedy_accuracy, max_len=max_len,
+        num_per_problem=r.best_of_n, greedy_accuracy=data.greedy_accuracy,
+        greedy_correct=data.info.get("greedy_correct"), max_len=max_len,
         batch_size=r.eval_batch_size, mesh=mesh, delimiter=config.data.step_delimiter,
         key=jax.random.fold_in(root, 104))
     if common.is_main_process():

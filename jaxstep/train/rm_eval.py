@@ -87,6 +87,19 @@ def best_of_n(scores: np.ndarray, correct: np.ndarray, n: int | None = None) -> 
     return float(np.mean(correct[np.arange(len(correct)), pick])) if len(correct) else float("nan")
 
 
+def minus_greedy(scores: np.ndarray, correct: np.ndarray, greedy_correct: Sequence[bool]) -> tuple[float, float]:
+    """Best-of-N accuracy minus greedy accuracy on the same problems, with the paired s.e.
+
+    Args:
+      scores, correct: `[problems, N]`; greedy_correct: `[problems]` the greedy response's correctness.
+    """
+    scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
+    picked = correct[np.arange(len(correct)), np.argmax(scores, axis=1)].astype(np.float64)
+    d = picked - np.asarray(greedy_correct, np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()) if len(d) else float("nan"), se
+
+
 def majority_vote(answers: Sequence[Sequence[str | None]], correct: np.ndarray, n: int | None = None) -> float:
     """Accuracy of the most frequent final answer among each problem's first n samples.
 
@@ -235,6 +248,7 @@ def flaw_detection(ref_scores: Sequence[np.ndarray], flawed_scores: Sequence[np.
 
 def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, samples: Sequence = (),
              records: Sequence = (), flaw_pairs: Sequence = (), num_per_problem: int = 8, greedy_accuracy: float | None = None,
+             greedy_correct: Sequence[bool] | None = None,
              max_len: int = 160, batch_size: int = 64, mesh=None,
              delimiter: str = formatting.DEFAULT_DELIMITER, key: jax.Array | None = None) -> dict:
     """Evaluates reward models on held-out samples and records (see the module docstring).
@@ -246,6 +260,8 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
       flaw_pairs: `labels.FlawPair` minimal pairs (synthetic): per flaw kind, how often
         the reference step outscores the flawed one (ORM: the outcome score).
       greedy_accuracy: the generator's greedy accuracy on the same problems (a baseline).
+      greedy_correct: per problem, whether the greedy response is right: adds the paired
+        difference best-of-N minus greedy (`minus_greedy`).
       key: unused today (ties are broken by sample order); kept for a random tie-break.
 
     Returns:
@@ -290,6 +306,11 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
             m["outcome_auc"] = {how: roc_auc(v.ravel(), correct.ravel()) for how, v in by.items()}
             m["within_problem_auc"] = {how: within_problem_auc(v, correct) for how, v in by.items()}
             m["best_of"] = {how: {n: best_of_n(v, correct, n) for n in ns} for how, v in by.items()}
+            if greedy_correct is not None and len(greedy_correct) == P:
+                m["minus_greedy"] = {how: minus_greedy(v, correct, greedy_correct) for how, v in by.items()}
+                for how, (diff, se) in m["minus_greedy"].items():
+                    flat[f"{tag}/best_of_{N}_{how}_minus_greedy"] = diff
+                    flat[f"{tag}/best_of_{N}_{how}_minus_greedy_se"] = se
             for how in by:
                 flat[f"{tag}/outcome_auc_{how}"] = m["outcome_auc"][how]
                 flat[f"{tag}/within_problem_auc_{how}"] = m["within_problem_auc"][how]
@@ -399,6 +420,10 @@ def report_sections(result: dict) -> list[str]:
                 + report_lib.markdown_table(headers, rows))
         if "greedy" in b:
             text += f"\n\nGreedy decoding of the generator: {_acc(b['greedy'], P)}."
+        paired = [f"{name if how == 'orm' else f'{name}-{how}'} {100 * d:+.1f}% ± {100 * se:.1f}%"
+                  for name, m in result["models"].items() for how, (d, se) in m.get("minus_greedy", {}).items()]
+        if paired:
+            text += (f" Best of {N} minus greedy, paired over the same problems: " + "; ".join(paired) + ".")
         text += "\n\nAccuracy ± its binomial standard error over problems; ties go to the first sample."
         sections.append(text)
     return sections
@@ -410,7 +435,7 @@ def write_report(path: str, result: dict, *, title: str = "Reward model", info: 
     folder = os.path.dirname(os.path.abspath(path))
     parts = [f"# {title}"]
     if info:
-        keep = {k: v for k, v in info.items() if not isinstance(v, dict)}
+        keep = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}  # lists: per-problem data
         rows = [[k, _fmt(v) if isinstance(v, float) else v] for k, v in sorted(keep.items())]
         for k, v in sorted(info.items()):
             if isinstance(v, dict):
