@@ -14,6 +14,7 @@ from jaxstep.data import formatting, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.rewards import scoring
+from jaxstep.rl.logprobs import token_logprobs
 from jaxstep.train import labels as labels_lib
 from jaxstep.train import reward_models as rm_lib
 from jaxstep.train import rm_eval
@@ -112,7 +113,7 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
     joint, aux = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce", 0.5))(lm_params, batch)
     bce, _ = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce"))(lm_params, batch)
     lm_logits = decoder.apply({"params": params}, batch["ids"])
-    token_lp = np.asarray(models.token_loglik(lm_logits, batch["ids"]))[0]
+    token_lp = np.asarray(token_logprobs(lm_logits, batch["ids"]))[0]
     manual_lm = -token_lp[enc["lm_mask"][0]].mean()
     assert float(aux["lm_loss"]) == pytest.approx(manual_lm, rel=1e-5)
     assert float(joint) == pytest.approx(float(bce) + 0.5 * manual_lm, rel=1e-5)

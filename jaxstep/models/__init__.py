@@ -17,7 +17,7 @@ from jaxstep.models.config import (SUPPORTED_MODEL_TYPES, ModelConfig, Unsupport
                                    tiny)
 from jaxstep.models.decoder import Decoder, cache_logical_axes, init_cache, lm_logits
 from jaxstep.models.heads import (ScalarModel, apply_score, scalar_params_from_decoder, segment_loglik,
-                                   segment_sums, token_loglik, without_likelihood)
+                                   without_likelihood)
 from jaxstep.models.sampler import SampleOutput, generate
 
 __all__ = [

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxstep.models.config import ModelConfig
 from jaxstep.models.decoder import Decoder
+from jaxstep.rl.logprobs import token_logprobs
 
 SCORE_INIT_STD = 0.02
 
@@ -50,17 +51,10 @@ class ScalarModel(nn.Module):
             return _score_head(self.config)(hidden.astype(jnp.float32))[..., 0]
         logits, hidden = decoder(input_ids, attention_mask, positions, return_hidden=True)
         weight = self.param("likelihood", lambda _: {"weight": jnp.ones((1,), jnp.float32)})["weight"]
-        token_lp = token_loglik(logits, input_ids)
+        token_lp = token_logprobs(logits, input_ids)
         scores = (_score_head(self.config)(hidden.astype(jnp.float32))[..., 0]
                   + weight[0] * segment_sums(token_lp, input_ids, self.boundary_ids))
         return (scores, token_lp) if return_token_logprobs else scores
-
-
-def token_loglik(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
-    """`[batch, time]` float32 log p(token t | tokens < t) (index 0: 0) from `[batch, time, vocab]` logits."""
-    logits = logits.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits[:, :-1], input_ids[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.pad(picked - jax.nn.logsumexp(logits[:, :-1], axis=-1), ((0, 0), (1, 0)))
 
 
 def segment_loglik(logits: jax.Array, input_ids: jax.Array, boundary_ids: tuple[int, ...]) -> jax.Array:
@@ -75,7 +69,7 @@ def segment_loglik(logits: jax.Array, input_ids: jax.Array, boundary_ids: tuple[
       `[batch, time]` float32: sum of log p(token s) for s in (b, t], b the last position
       before t holding a boundary token (or the start of the row).
     """
-    return segment_sums(token_loglik(logits, input_ids), input_ids, boundary_ids)
+    return segment_sums(token_logprobs(logits, input_ids), input_ids, boundary_ids)
 
 
 def segment_sums(token_lp: jax.Array, input_ids: jax.Array, boundary_ids: tuple[int, ...]) -> jax.Array:

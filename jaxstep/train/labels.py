@@ -192,10 +192,15 @@ def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
             c = synthetic.corrupt(p, k, rule=rule, kind=kind)
         except ValueError:
             continue
-        steps = tuple(clean_step(s) for s in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
-        labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
-        out.append(StepLabels(p, steps, labels, c.answer_correct, "corrupt"))
+        out.append(_corrupted_record(p, c))
     return out
+
+
+def _corrupted_record(problem: Problem, c: synthetic.CorruptedSolution) -> StepLabels:
+    """A `synthetic.corrupt` solution as StepLabels (the answer line last)."""
+    steps = tuple(clean_step(s) for s in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
+    labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
+    return StepLabels(problem, steps, labels, c.answer_correct, "corrupt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +234,10 @@ def flaw_pairs(problems: Sequence[Problem], key: jax.Array, *,
                 c = synthetic.corrupt(p, jax.random.fold_in(jax.random.fold_in(key, j), i), kind=kind, rule=rule)
             except ValueError:
                 continue
-            steps = tuple(clean_step(x) for x in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
-            labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
-            if steps[:c.position] != ref.steps[:c.position] or labels[c.position] != 0.0:
+            flawed = _corrupted_record(p, c)
+            if flawed.steps[:c.position] != ref.steps[:c.position] or flawed.labels[c.position] != 0.0:
                 continue
-            out.append(FlawPair(ref, StepLabels(p, steps, labels, c.answer_correct, "corrupt"), c.position, kind))
+            out.append(FlawPair(ref, flawed, c.position, kind))
     return out
 
 

@@ -740,8 +740,9 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     for other in (p.strip() for p in r.compare_with.split(",") if p.strip()):
         m, p, _, k = load_reward_model(other)
         reward_models[f"{k.upper()} ({os.path.basename(os.path.normpath(other))})"] = (m, p, k)
-    eval_problems = [p for p in _eval_problems(config) if p.source == "synthetic"]
-    flaw_pairs = labels_lib.flaw_pairs(eval_problems, jax.random.fold_in(root, 105), rule=r.label_rule)
+    synthetic_eval = common.parse_sources(config.data.eval_sources)[0][0] == "synthetic"
+    flaw_pairs = labels_lib.flaw_pairs(_eval_problems(config) if synthetic_eval else [],
+                                       jax.random.fold_in(root, 105), rule=r.label_rule)
     evaluation = rm_eval.evaluate(
         reward_models, tokenizer, samples=data.eval_samples, records=data.eval_records, flaw_pairs=flaw_pairs,
         num_per_problem=r.best_of_n, greedy_accuracy=data.greedy_accuracy,

@@ -81,10 +81,16 @@ def best_of_n(scores: np.ndarray, correct: np.ndarray, n: int | None = None) -> 
       scores, correct: `[problems, N]`; n: samples considered (default N). Ties go to
         the earliest sample.
     """
+    picked = picked_correct(scores, correct, n)
+    return float(np.mean(picked)) if len(picked) else float("nan")
+
+
+def picked_correct(scores: np.ndarray, correct: np.ndarray, n: int | None = None) -> np.ndarray:
+    """`[problems]` float: whether each problem's highest-scoring sample among the first n
+    (ties: the earliest) is correct."""
     scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
     n = scores.shape[1] if n is None else n
-    pick = np.argmax(scores[:, :n], axis=1)
-    return float(np.mean(correct[np.arange(len(correct)), pick])) if len(correct) else float("nan")
+    return correct[np.arange(len(correct)), np.argmax(scores[:, :n], axis=1)].astype(np.float64)
 
 
 def minus_greedy(scores: np.ndarray, correct: np.ndarray, greedy_correct: Sequence[bool]) -> tuple[float, float]:
@@ -93,9 +99,7 @@ def minus_greedy(scores: np.ndarray, correct: np.ndarray, greedy_correct: Sequen
     Args:
       scores, correct: `[problems, N]`; greedy_correct: `[problems]` the greedy response's correctness.
     """
-    scores, correct = np.asarray(scores, np.float64), np.asarray(correct, bool)
-    picked = correct[np.arange(len(correct)), np.argmax(scores, axis=1)].astype(np.float64)
-    d = picked - np.asarray(greedy_correct, np.float64)
+    d = picked_correct(scores, correct) - np.asarray(greedy_correct, np.float64)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return float(d.mean()) if len(d) else float("nan"), se
 

@@ -45,25 +45,25 @@ def parse_schemes(spec: str) -> list[str]:
     return schemes
 
 
+def _estimate(results: list[dict], value: str) -> tuple[float, float]:
+    """One run: its value and s.e.; several seeds: the mean and the s.e. over seeds."""
+    if len(results) == 1:
+        return results[0][value], results[0]["se"]
+    return mean_and_se([r[value] for r in results])
+
+
 def scheme_rows(runs: list[dict]) -> dict[str, dict]:
     """Per scheme, the mean over its seeds of every number of the comparison table."""
     out: dict[str, dict] = {}
     for scheme in dict.fromkeys(r["scheme"] for r in runs):
         mine = [r for r in runs if r["scheme"] == scheme]
-        accs = [r["eval"]["accuracy"] for r in mine]
-        diffs = [r["difference"]["diff"] for r in mine]
         row = {"scheme": scheme, "seeds": len(mine), "n": mine[0]["eval"]["n"]}
         sampled = [r["sampled_difference"] for r in mine if (r.get("sampled_difference") or {}).get("n")]
-        if len(mine) == 1:
-            row.update(accuracy=accs[0], accuracy_se=mine[0]["eval"]["se"], diff=diffs[0],
-                       diff_se=mine[0]["difference"]["se"])
-            if sampled:
-                row.update(sampled_diff=sampled[0]["diff"], sampled_diff_se=sampled[0]["se"])
-        else:  # uncertainty over seeds
-            row["accuracy"], row["accuracy_se"] = mean_and_se(accs)
-            row["diff"], row["diff_se"] = mean_and_se(diffs)
-            if sampled:
-                row["sampled_diff"], row["sampled_diff_se"] = mean_and_se([d["diff"] for d in sampled])
+        for name, results, value in (("accuracy", [r["eval"] for r in mine], "accuracy"),
+                                     ("diff", [r["difference"] for r in mine], "diff"),
+                                     ("sampled_diff", sampled, "diff")):
+            if results:
+                row[name], row[f"{name}_se"] = _estimate(results, value)
         for source, key in (("last", "score"), ("last", "reward"), ("last", "kl"), ("last", "rollout_accuracy"),
                             ("last", "rm_score")):
             values = [r[source].get(key) for r in mine if r[source].get(key) is not None]
