@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from jaxstep.data import DataError, Problem, load, save_jsonl, steps
+from jaxstep.data.problem import UnusableRecord
 
 
 # ---------------------------------------------------------------- real files
@@ -41,13 +42,36 @@ def test_math_and_math500(shared_data):
         assert problem.steps and all(s.strip() and "\n" not in s for s in problem.steps)
 
 
-def test_math_train_has_two_empty_boxed_answers(shared_data):
-    with pytest.raises(DataError, match=r"train\.jsonl:5530: .*\\boxed\{\} .* is empty"):
-        load("math", "train", data_dir=shared_data)
-    train = load("math", "train", data_dir=shared_data, skip_bad_records=True)
+def test_math_train_loads_by_default_skipping_two_empty_boxed_answers(shared_data, caplog):
+    # The official MATH train file has two solutions whose last \boxed{} is empty.
+    path = shared_data / "math" / "train.jsonl"
+    with caplog.at_level(logging.WARNING, logger="jaxstep.data.problem"):
+        train = load("math", "train", data_dir=shared_data)
     assert len(train) == 7498 and train.skipped == 2
     assert [e.line for e in train.errors] == [5530, 5532]
+    assert all(isinstance(e, UnusableRecord) for e in train.errors)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # one warning for the whole file, not one per record
+    message = warnings[0].getMessage()
+    assert "skipped 2 unusable record(s)" in message and "strict=True" in message
+    assert f"first: {path}:5530: no final answer: the last \\boxed{{}} in 'solution' is empty" in message
     assert sum(p.level is None for p in train) == 2  # "Level ?"
+    # Nothing else in the official files is skipped.
+    assert load("math", "test", data_dir=shared_data).skipped == 0
+    assert load("gsm8k", "train", data_dir=shared_data).skipped == 0
+    # skip_bad_records=True skips the same two (it only adds malformed records).
+    assert load("math", "train", data_dir=shared_data, skip_bad_records=True) == train
+
+
+def test_math_train_strict_raises_naming_file_and_line(shared_data):
+    path = shared_data / "math" / "train.jsonl"
+    with pytest.raises(UnusableRecord, match=r"train\.jsonl:5530: .*\\boxed\{\} .* is empty") as info:
+        load("math", "train", data_dir=shared_data, strict=True)
+    assert isinstance(info.value, DataError)
+    assert (info.value.path, info.value.line) == (str(path), 5530)
+    assert str(info.value).startswith(f"{path}:5530: ")
+    with pytest.raises(ValueError, match="contradict"):
+        load("math", "train", data_dir=shared_data, strict=True, skip_bad_records=True)
 
 
 def test_data_dir_from_environment(shared_data, monkeypatch):
@@ -128,7 +152,14 @@ def test_one_call_shape_for_every_source(shared_data):
     common = dict(limit=2, skip_bad_records=False, data_dir=shared_data, seed=1, keep_calculator=False)
     for source in ("synthetic", "gsm8k", "math", "math500"):
         assert len(load(source, "test", **common)) == 2
+        assert len(load(source, "test", strict=True, **common)) == 2
     assert load("synthetic", "test", **common) == load("synthetic", "test", limit=2, seed=1)
+    # The error policy does not touch the synthetic source: same problems, bit for bit.
+    default = load("synthetic", "train", limit=20, seed=3)
+    for kw in ({"strict": True}, {"skip_bad_records": True}):
+        other = load("synthetic", "train", limit=20, seed=3, **kw)
+        assert other == default and other.skipped == 0
+        assert [json.dumps(p.to_json()) for p in other] == [json.dumps(p.to_json()) for p in default]
 
 
 def test_optional_sources_fail_clearly(monkeypatch):
@@ -144,7 +175,8 @@ def test_optional_sources_fail_clearly(monkeypatch):
 # ---------------------------------------------------------------- malformed input
 
 GOOD = json.dumps({"question": "Q?", "answer": "2+2=4\n#### 4"})
-BAD_RECORDS = {
+# Malformed input: raises by default (and with strict=True); skip_bad_records=True skips it.
+MALFORMED = {
     "invalid_json": (b'{"question": "Q?", "answer": ', r"invalid JSON"),
     "not_an_object": (b'["question", "answer"]', r"expected a JSON object"),
     "missing_field": (json.dumps({"question": "Q?", "solution": "x"}).encode(), r"unrecognised record"),
@@ -152,36 +184,81 @@ BAD_RECORDS = {
     "wrong_type": (json.dumps({"question": "Q?", "answer": 4}).encode(), r"field 'answer' should be str, got int"),
     "wrong_level": (json.dumps({"problem": "P", "solution": "\\boxed{1}", "level": [1]}).encode(), r"field 'level'"),
     "bad_encoding": (b'{"question": "Q\xff\xfe?", "answer": "#### 4"}', r"not valid UTF-8"),
+    "empty_question": (json.dumps({"question": " ", "answer": "1\n#### 1"}).encode(), r"'question' is empty"),
+    "bad_step": (json.dumps({"question": "Q", "steps": [" "], "answer": "1"}).encode(), r"steps\[0\]"),
+}
+# Well formed but unusable (the kind of flaw the official files have): skipped by
+# default with one warning; strict=True raises.
+UNUSABLE = {
     "empty_solution": (json.dumps({"question": "Q?", "answer": "#### 4"}).encode(), r"empty solution"),
     "empty_math_solution": (json.dumps({"problem": "P", "solution": "  ", "answer": "1"}).encode(), r"empty solution"),
     "no_answer": (json.dumps({"question": "Q?", "answer": "2+2=4"}).encode(), r"no final answer"),
     "no_boxed": (json.dumps({"problem": "P", "solution": "It is 4."}).encode(), r"no final answer"),
-    "empty_question": (json.dumps({"question": " ", "answer": "1\n#### 1"}).encode(), r"'question' is empty"),
+    "empty_boxed": (json.dumps({"problem": "P", "solution": "It is $\\boxed{}$."}).encode(), r"\\boxed\{\} .* is empty"),
+    "empty_answer": (json.dumps({"problem": "P", "solution": "So 4.", "answer": " "}).encode(), r"'answer' is empty"),
     "empty_steps_list": (json.dumps({"question": "Q", "steps": [], "answer": "1"}).encode(), r"empty solution"),
 }
+BAD_RECORDS = MALFORMED | UNUSABLE
 
 
-@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
-def test_bad_record_raises_with_file_and_line(tmp_path, name):
+def _write_bad_file(tmp_path, name, blank_line=False):
     content, message = BAD_RECORDS[name]
     path = tmp_path / f"{name}.jsonl"
-    path.write_bytes(GOOD.encode() + b"\n\n" + content + b"\n" + GOOD.encode() + b"\n")
-    with pytest.raises(DataError, match=message) as info:
-        load(str(path), "test")
+    gap = b"\n\n" if blank_line else b"\n"
+    path.write_bytes(GOOD.encode() + gap + content + b"\n" + GOOD.encode() + b"\n")
+    return path, message
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_record_raises_with_file_and_line(tmp_path, name):
+    path, message = _write_bad_file(tmp_path, name, blank_line=True)
+    for kw in ({}, {"strict": True}):
+        with pytest.raises(DataError, match=message) as info:
+            load(str(path), "test", **kw)
+        assert not isinstance(info.value, UnusableRecord)
+        assert info.value.path == str(path) and info.value.line == 3
+        assert str(info.value).startswith(f"{path}:3: ")
+
+
+@pytest.mark.parametrize("name", sorted(UNUSABLE))
+def test_unusable_record_skipped_by_default_raises_when_strict(tmp_path, name, caplog):
+    path, message = _write_bad_file(tmp_path, name, blank_line=True)
+    with caplog.at_level(logging.WARNING, logger="jaxstep.data.problem"):
+        problems = load(str(path), "test")
+    assert len(problems) == 2 and problems.skipped == 1 and problems.errors[0].line == 3
+    assert len(caplog.records) == 1
+    assert "skipped 1 unusable record" in caplog.text and f"first: {path}:3: " in caplog.text
+    with pytest.raises(UnusableRecord, match=message) as info:
+        load(str(path), "test", strict=True)
     assert info.value.path == str(path) and info.value.line == 3
     assert str(info.value).startswith(f"{path}:3: ")
 
 
 @pytest.mark.parametrize("name", sorted(BAD_RECORDS))
 def test_bad_record_skipped_counted_and_logged(tmp_path, name, caplog):
-    content, _ = BAD_RECORDS[name]
-    path = tmp_path / f"{name}.jsonl"
-    path.write_bytes(GOOD.encode() + b"\n" + content + b"\n" + GOOD.encode() + b"\n")
+    path, _ = _write_bad_file(tmp_path, name)
     with caplog.at_level(logging.WARNING):
         problems = load(str(path), "test", skip_bad_records=True)
     assert len(problems) == 2 and problems.skipped == 1
     assert problems.errors[0].line == 2
     assert "skipped 1 bad record" in caplog.text and f"{path}:2" in caplog.text
+
+
+def test_unusable_records_counted_then_malformed_still_raises(tmp_path, caplog):
+    # Several unusable records are skipped with ONE warning naming the first; a
+    # malformed record later in the same file still raises.
+    unusable = [UNUSABLE[k][0] for k in ("no_boxed", "empty_boxed", "no_answer")]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([GOOD.encode(), *unusable, GOOD.encode()]) + b"\n")
+    with caplog.at_level(logging.WARNING, logger="jaxstep.data.problem"):
+        problems = load(str(path), "test")
+    assert len(problems) == 2 and problems.skipped == 3
+    assert [e.line for e in problems.errors] == [2, 3, 4]
+    assert len(caplog.records) == 1 and "skipped 3 unusable record(s)" in caplog.text
+    assert f"first: {path}:2: no final answer" in caplog.text
+    path.write_bytes(path.read_bytes() + MALFORMED["invalid_json"][0] + b"\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:6: invalid JSON"):
+        load(str(path), "test")
 
 
 def test_bad_whole_json_files(tmp_path):

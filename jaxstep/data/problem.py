@@ -54,12 +54,24 @@ class DataError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+class UnusableRecord(DataError):
+    """A well-formed record that cannot be used: no final answer or no solution steps.
+
+    The official files have a few of these (MATH train: two solutions whose last
+    `\\boxed{}` is empty), so `load` skips them by default with one warning;
+    `strict=True` raises them like any other `DataError`. Malformed input (bad
+    JSON or encoding, missing fields, wrong types) is a plain `DataError`.
+    """
+
+
 class Records(list):
     """A list of records that also says how many bad records were skipped.
 
     Attributes:
-      skipped: number of records dropped because of `skip_bad_records=True`.
-      errors: the `DataError` of each skipped record (the first 100 are kept).
+      skipped: number of records dropped (unusable ones by default, every bad one
+        with `skip_bad_records=True`); 0 when nothing was dropped.
+      errors: the `DataError` of each skipped record (the first 100 are kept);
+        `errors[0]` names the first one's file, line and reason.
     """
 
     def __init__(self, items: Iterable = (), skipped: int = 0, errors: list | None = None):
@@ -69,32 +81,39 @@ class Records(list):
 
 
 class ErrorPolicy:
-    """Raises on the first bad record, or (skip=True) counts and logs them.
+    """What a reader does with a bad record: raise it, or count and log it.
 
+    `skip=True` skips every bad record; `skip_unusable=True` skips only
+    `UnusableRecord`s and raises on malformed ones; neither raises on the first.
     Usage: `policy.handle(DataError(...))` inside a reader; `policy.report(what)`
-    at the end logs a warning with the count and the first error, so skipping is
-    never silent.
+    at the end logs ONE warning with the count and the first error (file:line:
+    reason), so skipping is never silent.
     """
 
     MAX_KEPT = 100
 
-    def __init__(self, skip: bool):
+    def __init__(self, skip: bool, *, skip_unusable: bool = False):
         self.skip = skip
+        self.skip_unusable = skip_unusable
         self.skipped = 0
         self.errors: list[DataError] = []
 
     def handle(self, error: DataError) -> None:
-        if not self.skip:
+        if not (self.skip or (self.skip_unusable and isinstance(error, UnusableRecord))):
             raise error
         self.skipped += 1
         if len(self.errors) < self.MAX_KEPT:
             self.errors.append(error)
 
     def report(self, what: str) -> None:
-        if self.skipped:
-            logger.warning(
-                "%s: skipped %d bad record(s) (skip_bad_records=True); first: %s",
-                what, self.skipped, self.errors[0])
+        if not self.skipped:
+            return
+        if self.skip:
+            kind, how = "bad", "skip_bad_records=True"
+        else:
+            kind, how = "unusable", "no final answer or no solution; strict=True raises instead"
+        logger.warning("%s: skipped %d %s record(s) (%s); first: %s",
+                       what, self.skipped, kind, how, self.errors[0])
 
     def wrap(self, items: Iterable) -> Records:
         return Records(items, skipped=self.skipped, errors=self.errors)

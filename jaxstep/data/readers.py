@@ -10,6 +10,14 @@ can hold any of them:
 | problem, solution [, answer]             | math     | sentences / `answer` or last `\\boxed{}` |
 | question (object), label (object)        | prm800k  | the labelled path / ground_truth_answer |
 
+Bad records: a record that is well formed but cannot be used (no final answer,
+an empty `\\boxed{}`, no solution steps) is skipped by default, and one warning per
+`load` counts them and names the first (file:line: why); the official MATH train
+file has two such records. `strict=True` raises on them instead. Malformed input
+(invalid JSON or UTF-8, a missing field, a wrong type, an unknown record shape)
+raises `DataError` naming the file and line unless `skip_bad_records=True`, which
+skips (and counts) every bad record. The count is the result's `.skipped`.
+
 Where the real files live: the `data_dir` argument, else `$JAXSTEP_DATA_DIR`, laid
 out as `gsm8k/{train,test}.jsonl`, `math/{train,test}.jsonl` and
 `math/math500_test.jsonl`.
@@ -22,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from jaxstep.data import steps as steps_lib
 from jaxstep.data.jsonio import JsonRecord, get_field, iter_records
-from jaxstep.data.problem import DataError, ErrorPolicy, Problem, Records
+from jaxstep.data.problem import DataError, ErrorPolicy, Problem, Records, UnusableRecord
 
 DATA_DIR_ENV = "JAXSTEP_DATA_DIR"
 
@@ -48,8 +56,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def load(source: str, split: str = "train", *, limit: int | None = None,
-         skip_bad_records: bool = False, data_dir: str | os.PathLike | None = None,
-         seed: Any = 0, **kw: Any) -> Records:
+         strict: bool = False, skip_bad_records: bool = False,
+         data_dir: str | os.PathLike | None = None, seed: Any = 0, **kw: Any) -> Records:
     """Loads problems from a named dataset, a local file/folder, `hf:<name>` or `tfds:<name>`.
 
     Args:
@@ -57,8 +65,12 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
         "hf:<hub name>" (needs the network, only when asked) | "tfds:<name>".
       split: "train" | "test" (MATH500: "test"; GSM8K also "test_socratic").
       limit: keep at most this many problems (the first ones, file order).
-      skip_bad_records: skip malformed records (counted in `.skipped`, logged)
-        instead of raising `DataError` on the first one.
+      strict: raise on unusable records (no final answer, empty `\\boxed{}`, no
+        solution) too, instead of skipping them (the default, counted in `.skipped`
+        and reported in one warning).
+      skip_bad_records: skip malformed records too (bad JSON, missing fields, wrong
+        types; counted and logged the same way) instead of raising `DataError` on
+        the first one. Cannot be combined with `strict`.
       data_dir: folder with gsm8k/ and math/ (else $JAXSTEP_DATA_DIR); also the
         TFDS data_dir. Ignored by synthetic.
       seed: synthetic only (int, jax key or numpy Generator); ignored by the others,
@@ -71,19 +83,23 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
         (see `jaxstep.data.synthetic.Difficulty`).
 
     Returns:
-      A `Records` list of `Problem`s (`.skipped` counts bad records that were skipped).
+      A `Records` list of `Problem`s: `.skipped` counts the records that were
+      skipped and `.errors` holds their `DataError`s (file, line, reason).
 
     Raises:
-      DataError: a malformed record (file, line, what was wrong).
+      DataError: a malformed record (file, line, what was wrong); with
+        `strict=True` also an unusable one (`UnusableRecord`, a `DataError`).
       FileNotFoundError: the data folder or file does not exist.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if strict and skip_bad_records:
+        raise ValueError("strict=True and skip_bad_records=True contradict each other")
     parse_kw = {k: kw.pop(k) for k in ("keep_calculator", "math_steps") if k in kw}
     if source == "synthetic":
         from jaxstep.data import synthetic  # noqa: PLC0415
         return Records(synthetic.load_split(split, limit=limit, seed=seed, **kw))
-    policy = ErrorPolicy(skip_bad_records)
+    policy = ErrorPolicy(skip_bad_records, skip_unusable=not strict)
     if source.startswith("hf:"):
         rows = _hf_rows(source[3:], split, kw.pop("hf_config", None), kw.pop("hf_kwargs", None))
         _no_extra(kw, source)
@@ -232,7 +248,7 @@ def _from_jaxstep(record, path, line, number, split) -> Problem:
     answer = _text(record, "answer", path, line)
     steps = get_field(record, "steps", list, path, line)
     if not steps:
-        raise DataError(path, line, "empty solution: 'steps' is an empty list")
+        raise UnusableRecord(path, line, "empty solution: 'steps' is an empty list")
     for k, step in enumerate(steps):
         if not isinstance(step, str) or not step.strip():
             raise DataError(path, line, f"steps[{k}] should be a non-empty string, got {step!r}")
@@ -248,9 +264,9 @@ def _from_gsm8k(record, path, line, pid, keep_calculator) -> Problem:
     answer_text = _text(record, "answer", path, line)
     steps, answer = steps_lib.split_gsm8k(answer_text, keep_calculator=keep_calculator)
     if answer is None:
-        raise DataError(path, line, "no final answer: the 'answer' field has no '#### N' line")
+        raise UnusableRecord(path, line, "no final answer: the 'answer' field has no '#### N' line")
     if not steps:
-        raise DataError(path, line, "empty solution: no reasoning lines before '####'")
+        raise UnusableRecord(path, line, "empty solution: no reasoning lines before '####'")
     return Problem(question.strip(), tuple(steps), answer, "gsm8k", None, None, pid)
 
 
@@ -279,14 +295,14 @@ def _from_math(record, path, line, name, split, number, math_steps) -> Problem:
     elif solution is not None:
         answer = steps_lib.last_boxed(solution)
         if answer is None:
-            raise DataError(path, line, "no final answer: no 'answer' field and no \\boxed{} in 'solution'")
+            raise UnusableRecord(path, line, "no final answer: no 'answer' field and no \\boxed{} in 'solution'")
         if not answer:
-            raise DataError(path, line, "no final answer: the last \\boxed{} in 'solution' is empty")
+            raise UnusableRecord(path, line, "no final answer: the last \\boxed{} in 'solution' is empty")
     if not answer:
-        raise DataError(path, line, "no final answer: 'answer' is empty")
+        raise UnusableRecord(path, line, "no final answer: 'answer' is empty")
     steps = steps_lib.split_math(solution, mode=math_steps) if solution else []
     if not steps:
-        raise DataError(path, line, "empty solution: 'solution' is missing or blank")
+        raise UnusableRecord(path, line, "empty solution: 'solution' is missing or blank")
     level = _parse_level(record.get("level"), path, line)
     subject = get_field(record, "subject", str, path, line, optional=True) or \
         get_field(record, "type", str, path, line, optional=True)
