@@ -10,9 +10,16 @@ Usage: launch/slurm_gpu.sh --config CONFIG [options] [-- MAIN_ARGS...]
 
 Writes WORKDIR/slurm/jaxstep-<time>.sbatch and submits it with sbatch. In the job:
   JAX_COORDINATOR_ADDRESS=<first node>:PORT  JAX_NUM_PROCESSES=$SLURM_NTASKS
-  srun ... (per task: JAX_PROCESS_ID=$SLURM_PROCID) python3 -m jaxstep.main \
-      --config=CONFIG --workdir=WORKDIR MAIN_ARGS
+  srun ... (per task: JAX_PROCESS_ID=$SLURM_PROCID) PY -m jaxstep.main \
+      --config=CONFIG --workdir=WORKDIR [--config.data.data_dir=DATA] MAIN_ARGS
 jaxstep.main sees these variables and calls jax.distributed.initialize().
+
+The job runs in this checkout (on a filesystem the nodes share) with the Python
+given by --python, after --setup. jaxstep needs Python >= 3.11 with the checkout
+installed (`pip install -e '.[gpu]'`); the job checks the version before srun and
+stops with a message otherwise. Where the cluster's python3 is older, make a venv
+once, e.g. `uv venv --python 3.11 .venv && uv pip install --python .venv/bin/python
+-e '.[gpu]'` (uv downloads a managed CPython), and pass `--python .venv/bin/python`.
 
 Options:
   --config CONFIG          config file, optionally with a preset: configs/ppo_prm_max.py:paper
@@ -30,7 +37,11 @@ Options:
   --time T                 time limit, e.g. 24:00:00 (default: SLURM's)
   --job-name NAME          job name (default: jaxstep)
   --port PORT              jax.distributed coordinator port on the first node (default: 12355)
-  --python PY              Python interpreter on the nodes (default: python3)
+  --python PY              Python interpreter on the nodes, >= 3.11, with jaxstep
+                           installed; relative paths are from the checkout (default: python3)
+  --data DIR               folder holding gsm8k/ and math/ on the shared filesystem,
+                           passed as --config.data.data_dir (made absolute; gs:// is
+                           not staged here: copy it first with gcloud storage rsync)
   --setup "CMDS"           shell commands run first in the job, e.g.
                            "module load cuda/12.4; source venv/bin/activate"
   --extra-args "ARGS"      extra words for jaxstep.main, inserted as written; words
@@ -57,6 +68,7 @@ JOB_NAME="jaxstep"
 PORT=12355
 PYTHON="python3"
 SETUP=""
+DATA=""
 EXTRA_ARGS=""
 SCRIPT=""
 USE_SRUN=0
@@ -84,6 +96,7 @@ while [[ $# -gt 0 ]]; do
     --port) need_value "$@"; need_int "$@"; PORT="$2"; shift 2 ;;
     --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
     --setup) need_value "$@"; SETUP="$2"; shift 2 ;;
+    --data) need_value "$@"; DATA="$2"; shift 2 ;;
     --extra-args) need_value "$@"; EXTRA_ARGS="$2"; shift 2 ;;
     --script) need_value "$@"; SCRIPT="$2"; shift 2 ;;
     --srun) USE_SRUN=1; shift ;;
@@ -102,6 +115,11 @@ if (( TASKS_PER_NODE > 1 && TASKS_PER_NODE != GPUS_PER_NODE )); then
 fi
 [[ -n "$WORKDIR" ]] || WORKDIR="runs/$JOB_NAME"
 [[ "$WORKDIR" == /* || "$WORKDIR" == *://* ]] || WORKDIR="$PWD/$WORKDIR"
+if [[ -n "$DATA" ]]; then
+  [[ "$DATA" != *://* ]] || die "--data must be a folder on the nodes' shared filesystem, got '$DATA' (copy gs:// data there first: gcloud storage rsync --recursive SRC DIR)"
+  [[ -d "$DATA" ]] || die "--data folder $DATA not found"
+  DATA="$(cd "$DATA" && pwd)"
+fi
 [[ -n "$SCRIPT" ]] || SCRIPT="$WORKDIR/slurm/$JOB_NAME-$(date +%Y%m%d-%H%M%S).sbatch"
 
 # Shell-quotes words: plain words as they are, others in single quotes.
@@ -123,6 +141,7 @@ if (( TASKS_PER_NODE > 1 )); then
   task_env+='; export JAX_LOCAL_DEVICE_IDS="$SLURM_LOCALID"'
 fi
 main_cmd="$(quote_words "$PYTHON" -m jaxstep.main --config="$CONFIG" --workdir="$WORKDIR")"
+[[ -n "$DATA" ]] && main_cmd+=" $(quote_words --config.data.data_dir="$DATA")"
 [[ -n "$EXTRA_ARGS" ]] && main_cmd+=" $EXTRA_ARGS"
 [[ ${#MAIN_ARGS[@]} -gt 0 ]] && main_cmd+=" $(quote_words "${MAIN_ARGS[@]}")"
 
@@ -149,6 +168,12 @@ set -euo pipefail
 cd $(quote_words "$REPO_ROOT")
 mkdir -p $(quote_words "$WORKDIR/slurm")
 ${SETUP}
+
+# jaxstep needs Python >= 3.11 (setup.py); fail here rather than in every task.
+if ! $(quote_words "$PYTHON") -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "jaxstep: $(quote_words "$PYTHON") is not Python >= 3.11; pass --python (e.g. a venv made with 'uv venv --python 3.11') or --setup" >&2
+  exit 1
+fi
 
 # jax.distributed coordinator: process 0 runs on the first node of the allocation.
 head_node="\$(scontrol show hostnames "\$SLURM_JOB_NODELIST" | head -n 1)"

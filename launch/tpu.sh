@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs jaxstep on a Cloud TPU VM or pod slice: create (or reuse) the TPU, copy this
-# checkout to every worker, install it with the [tpu] extra, and start
-# `python3 -m jaxstep.main` on all workers at once (one JAX process per worker).
+# checkout to every worker, install it with the [tpu] extra into a Python 3.11+ venv
+# (made with uv: the TPU images ship Python 3.10), optionally stage the data, and start
+# `python -m jaxstep.main` from that venv on all workers at once (one JAX process per
+# worker).
 set -euo pipefail
 
 usage() {
@@ -10,9 +12,19 @@ Usage: launch/tpu.sh --zone ZONE --config CONFIG [options] [-- MAIN_ARGS...]
 
 Creates the TPU VM when `gcloud compute tpus tpu-vm describe` cannot find it (a
 PREEMPTED/TERMINATED Spot VM is deleted and created again, a STOPPED one started),
-copies the code (this checkout, without .git/runs/venvs) to all workers, installs it
-with `pip install -e '.[tpu]'`, then runs on all workers:
-  export JAXSTEP_DISTRIBUTED=1 && python3 -m jaxstep.main --config=CONFIG --workdir=WORKDIR MAIN_ARGS
+copies the code (this checkout, without .git/runs/venvs) to all workers and installs
+it there. jaxstep needs Python >= 3.11 and the TPU images (tpu-ubuntu2204-base,
+v2-alpha-tpuv5*, v2-alpha-tpuv6e) have Ubuntu 22.04's Python 3.10, so each worker runs
+  python3 -m pip install --user uv
+  python3 -m uv venv --seed --python PY_VERSION REMOTE_DIR/.venv  (uv downloads a
+      managed CPython; skipped when the venv already has PY_VERSION)
+  REMOTE_DIR/.venv/bin/python -m pip install -e '.[tpu]'
+With --data, the data folder (laid out as gsm8k/, math/) is staged on every worker in
+REMOTE_DATA: a gs:// source with `gcloud storage rsync --recursive` run on each
+worker, a local folder packed and copied with `gcloud compute tpus tpu-vm scp
+--worker=all`. Then on all workers:
+  cd REMOTE_DIR && export JAXSTEP_DISTRIBUTED=1 && .venv/bin/python -m jaxstep.main \
+      --config=CONFIG --workdir=WORKDIR [--config.data.data_dir=REMOTE_DATA] MAIN_ARGS
 (JAXSTEP_DISTRIBUTED=1 makes jaxstep call jax.distributed.initialize(), which finds
 the pod's workers by itself.)
 
@@ -32,9 +44,17 @@ Options:
   --extra-args "ARGS"      extra words for jaxstep.main, inserted as written
                            (e.g. "--config.ppo.kl_coef=0.05"); words after `--` are
                            passed quoted, one argument each
-  --remote-dir DIR         code folder on the workers, relative to home (default: jaxstep)
+  --remote-dir DIR         code folder on the workers, relative to home (default: jaxstep);
+                           the venv is REMOTE_DIR/.venv
+  --python-version VER     Python for the workers' venv, MAJOR.MINOR >= 3.11 (default: 3.11)
+  --data SRC               data folder to stage on every worker and pass to jaxstep as
+                           --config.data.data_dir: gs://bucket/path (rsynced by each
+                           worker; the VM's service account must be able to read it)
+                           or a local folder (copied with scp); either holds gsm8k/, math/
+  --remote-data DIR        where the data goes on the workers, relative to home unless
+                           absolute (default: jaxstep-data)
   --skip-create            never create: fail if the TPU does not exist
-  --skip-install           do not copy or install the code (already there)
+  --skip-install           do not copy or install the code (already there, venv included)
   --detach                 start the run with nohup and return; output goes to
                            REMOTE_DIR/NAME.log on each worker
   --dry-run                print the commands instead of running them
@@ -53,6 +73,9 @@ CONFIG=""
 WORKDIR=""
 EXTRA_ARGS=""
 REMOTE_DIR="jaxstep"
+PY_VERSION="3.11"
+DATA=""
+REMOTE_DATA="jaxstep-data"
 SKIP_CREATE=0
 SKIP_INSTALL=0
 DETACH=0
@@ -76,6 +99,9 @@ while [[ $# -gt 0 ]]; do
     --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
     --extra-args) need_value "$@"; EXTRA_ARGS="$2"; shift 2 ;;
     --remote-dir) need_value "$@"; REMOTE_DIR="$2"; shift 2 ;;
+    --python-version) need_value "$@"; PY_VERSION="$2"; shift 2 ;;
+    --data) need_value "$@"; DATA="$2"; shift 2 ;;
+    --remote-data) need_value "$@"; REMOTE_DATA="$2"; shift 2 ;;
     --skip-create) SKIP_CREATE=1; shift ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
     --detach) DETACH=1; shift ;;
@@ -90,6 +116,19 @@ done
 [[ -n "$CONFIG" ]] || die "--config is required"
 [[ $SPOT -eq 1 && $PREEMPTIBLE -eq 1 ]] && die "--spot and --preemptible are exclusive"
 [[ -n "$WORKDIR" ]] || WORKDIR="runs/${NAME}"
+[[ "$PY_VERSION" =~ ^3\.([0-9]+)$ ]] && (( BASH_REMATCH[1] >= 11 )) ||
+  die "--python-version must be MAJOR.MINOR, 3.11 or newer (setup.py: python_requires>=3.11), got '$PY_VERSION'"
+DATA_IS_GCS=0
+if [[ -n "$DATA" ]]; then
+  if [[ "$DATA" == gs://* ]]; then
+    DATA_IS_GCS=1
+  elif [[ "$DATA" == *://* ]]; then
+    die "--data must be gs://bucket/path or a local folder, got '$DATA'"
+  else
+    [[ -d "$DATA" ]] || die "--data folder $DATA not found"
+    DATA="$(cd "$DATA" && pwd)"
+  fi
+fi
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ -f "$REPO_ROOT/setup.py" ]] || die "$REPO_ROOT/setup.py not found: run from a jaxstep checkout"
@@ -160,13 +199,36 @@ if [[ $SKIP_INSTALL -eq 0 ]]; then
     --exclude=__pycache__ --exclude='*.egg-info' --exclude=.pytest_cache -C "$REPO_ROOT" .
   run "${TPU[@]}" scp "$TARBALL" "$NAME:jaxstep.tar.gz" "${LOCATION[@]}" --worker=all
   install="set -e; mkdir -p $(quote_words "$REMOTE_DIR"); tar -xzf jaxstep.tar.gz -C $(quote_words "$REMOTE_DIR")"
-  install+="; cd $(quote_words "$REMOTE_DIR"); python3 -m pip install --upgrade pip -q"
-  install+="; python3 -m pip install -q -e '.[tpu]'"
+  install+="; cd $(quote_words "$REMOTE_DIR")"
+  # A Python >= 3.11 venv: the image's python3 is 3.10, so uv fetches a managed CPython.
+  install+="; python3 -m pip install --user -q --upgrade uv"
+  install+="; .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (${PY_VERSION/./, }))' 2>/dev/null"
+  install+=" || python3 -m uv venv --clear --seed --python $PY_VERSION .venv"
+  install+="; .venv/bin/python -m pip install -q --upgrade pip"
+  install+="; .venv/bin/python -m pip install -q -e '.[tpu]'"
   run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all --command="$install"
 fi
 
-# 3. Run jaxstep.main on all workers.
-main="python3 -m jaxstep.main $(quote_words --config="$CONFIG" --workdir="$WORKDIR")"
+# 3. Stage the data on every worker.
+if [[ "$REMOTE_DATA" == /* ]]; then
+  remote_data="$(quote_words "$REMOTE_DATA")"
+else
+  remote_data="\"\$HOME\"/$(quote_words "$REMOTE_DATA")"  # expanded by the worker's shell
+fi
+if [[ $DATA_IS_GCS -eq 1 ]]; then
+  run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all --command="set -e; mkdir -p $remote_data; gcloud storage rsync --recursive $(quote_words "$DATA") $remote_data"
+elif [[ -n "$DATA" ]]; then
+  DATA_STAGING="$(mktemp -d)"
+  trap 'rm -rf "${STAGING:-}" "$DATA_STAGING"' EXIT
+  DATA_TARBALL="$DATA_STAGING/jaxstep-data.tar.gz"
+  run tar -czf "$DATA_TARBALL" -C "$DATA" .
+  run "${TPU[@]}" scp "$DATA_TARBALL" "$NAME:jaxstep-data.tar.gz" "${LOCATION[@]}" --worker=all
+  run "${TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all --command="set -e; mkdir -p $remote_data; tar -xzf jaxstep-data.tar.gz -C $remote_data; rm -f jaxstep-data.tar.gz"
+fi
+
+# 4. Run jaxstep.main on all workers, from the venv.
+main=".venv/bin/python -m jaxstep.main $(quote_words --config="$CONFIG" --workdir="$WORKDIR")"
+[[ -n "$DATA" ]] && main+=" --config.data.data_dir=$remote_data"
 [[ -n "$EXTRA_ARGS" ]] && main+=" $EXTRA_ARGS"
 [[ ${#MAIN_ARGS[@]} -gt 0 ]] && main+=" $(quote_words "${MAIN_ARGS[@]}")"
 if [[ $DETACH -eq 1 ]]; then
