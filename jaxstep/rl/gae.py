@@ -56,10 +56,16 @@ def masked_mean(x: jnp.ndarray, mask: jnp.ndarray, axis=None) -> jnp.ndarray:
     return total / jnp.maximum(jnp.sum(valid.astype(jnp.float32), axis=axis), 1.0)
 
 
-def masked_var(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Population variance of `x` over the masked positions, float32 scalar."""
-    mean = masked_mean(x, mask)
-    return masked_mean(jnp.square(jnp.asarray(x, jnp.float32) - mean), mask)
+def masked_var(x: jnp.ndarray, mask: jnp.ndarray, axis=None) -> jnp.ndarray:
+    """Population variance of `x` over the masked positions (0 when none), float32.
+
+    A scalar with `axis=None`; otherwise reduced over `axis` (an int), like `masked_mean`.
+    """
+    if axis is None:
+        mean = masked_mean(x, mask)
+    else:
+        mean = jnp.expand_dims(masked_mean(x, mask, axis=axis), axis)
+    return masked_mean(jnp.square(jnp.asarray(x, jnp.float32) - mean), mask, axis=axis)
 
 
 def whiten(x: jnp.ndarray, mask: jnp.ndarray, *, shift_mean: bool = True,

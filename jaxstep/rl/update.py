@@ -19,7 +19,7 @@ logprobs and values of a rollout):
   response_mask   float32 / bool  1 on generated response tokens (trained on)
   old_logprobs    float32 log pi_old(token t), from the rollout policy
   values          float32 V_old(state before token t), from the rollout critic
-  token_rewards   float32 shaped rewards (`jaxstep.rewards.shape_rewards`), without KL
+  token_rewards   float32 shaped rewards (`jaxstep.rewards.shaping.shape_rewards`), without KL
   ref_logprobs    float32 (optional) log pi_ref(token t); needed for the KL terms
                   (without it no KL is added: pass token_rewards that already hold it)
   positions       int32   (optional) position ids; default `default_positions(mask)`
@@ -145,7 +145,8 @@ def compute_advantages(batch: dict, kl_coef, cfg: PPOConfig):
 
     token rewards (optionally scaled by the batch std of their per-sequence sums; no
     scaling when there is no spread) -> `- kl_coef * k1` on the response tokens when
-    `cfg.kl_in_reward` and the batch has `ref_logprobs` -> GAE -> whitening (if on).
+    `cfg.kl_in_reward` and the batch has `ref_logprobs` (`losses.kl_penalty_rewards`
+    with `old_logprobs`) -> GAE -> whitening (if on).
     `seq_kl` `[batch]` is the per-sequence summed k1 KL (zeros without ref_logprobs).
     """
     mask = batch["response_mask"].astype(jnp.float32)
@@ -162,7 +163,8 @@ def compute_advantages(batch: dict, kl_coef, cfg: PPOConfig):
         seq_kl = k1.sum(-1)
         metrics["kl"] = seq_kl.mean()
         if cfg.kl_in_reward:
-            rewards = rewards - kl_coef * k1
+            rewards = losses.kl_penalty_rewards(rewards, batch["old_logprobs"],
+                                                batch["ref_logprobs"], valid, kl_coef)
     values = batch["values"].astype(jnp.float32)
     advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
     metrics.update(
