@@ -347,17 +347,59 @@ def lm_logits(config: ModelConfig, params: dict, hidden: Array) -> Array:
     return _project(config, hidden, kernel)
 
 
+# ----------------------------------------------------------------------------- remat
+
+# What the backward pass keeps of each layer's forward activations (the rest is recomputed):
+#   none           everything (no remat; most memory, no recompute)
+#   full           only the layer's inputs; the whole layer is recomputed
+#   dots           the outputs of every matmul/einsum, incl. the attention products
+#                  (jax.checkpoint_policies.checkpoint_dots)
+#   dots_no_batch  the outputs of matmuls without batch dimensions, i.e. the projections
+#                  (q/k/v/o, MLP) but not the [B, heads, T, S] attention scores/outputs
+#                  (jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+#   offload        as dots_no_batch, but the saved projections go to pinned host memory
+#                  (jax.checkpoint_policies.offload_dot_with_no_batch_dims)
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload")
+
+
+def remat_policy(name: bool | str | None) -> tuple[bool, Any]:
+    """`(enabled, jax checkpoint policy or None)` for a remat name from `REMAT_POLICIES`.
+
+    True/False (the old boolean flag) and None mean "full"/"none"/"none". With "full"
+    the policy is None (save nothing). Raises ValueError naming the choices otherwise.
+    """
+    if name is None or name is False:
+        name = "none"
+    elif name is True:
+        name = "full"
+    cp = jax.checkpoint_policies
+    if name == "none":
+        return False, None
+    if name == "full":
+        return True, None
+    if name == "dots":
+        return True, cp.checkpoint_dots
+    if name == "dots_no_batch":
+        return True, cp.dots_with_no_batch_dims_saveable
+    if name == "offload":
+        return True, cp.offload_dot_with_no_batch_dims(offload_src="device",
+                                                       offload_dst="pinned_host")
+    raise ValueError(f"remat: unknown policy {name!r}; choose one of {', '.join(REMAT_POLICIES)} "
+                     "(or True/False).")
+
 
 class Decoder(nn.Module):
     """Causal LM. See the module docstring for the call contract.
 
     Attributes:
       config: the architecture.
-      remat: rematerialise each layer in the backward pass (saves activation memory).
+      remat: how each layer is rematerialised in the backward pass, a name from
+        `REMAT_POLICIES` ("none", "full", "dots", "dots_no_batch", "offload"); True and
+        False mean "full" and "none". See `remat_policy`.
     """
 
     config: ModelConfig
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
@@ -413,7 +455,8 @@ class Decoder(nn.Module):
             x = x + jnp.take(pos_embed, positions + 2, axis=0).astype(cfg.compute_dtype)
         x = _constrain(x, ("batch", "length", "embed"))
 
-        block_cls = nn.remat(Block) if self.remat else Block
+        enabled, policy = remat_policy(self.remat)
+        block_cls = nn.remat(Block, policy=policy) if enabled else Block
         new_layers = []
         for i in range(cfg.num_layers):
             layer_cache = cache["layers"][i] if cache is not None else None
