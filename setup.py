@@ -13,6 +13,10 @@ INSTALL_REQUIRES = [
     "transformers==5.23.0",
     "datasets==5.2.0",
     "tokenizers==0.23.3",
+    # Sentencepiece tokenizer folders (spm.model, e.g. DeBERTa-v3): transformers converts
+    # them with both packages when they have no tokenizer.json.
+    "sentencepiece==0.2.3",
+    "protobuf==7.36.2",
     "safetensors==0.8.0",
     "math-verify==0.9.0",
     "grain==0.2.18",
@@ -26,6 +30,9 @@ EXTRAS_REQUIRE = {
     # torch is used only by the tests, to check our models against transformers'
     # PyTorch implementations. 2.13.0 is the CPU build.
     "test": ["pytest==9.2.0", "torch==2.13.0"],
+    # libtpu (a 213 MB wheel, 684 MB installed): runs on TPU VMs, and also compiles for a
+    # TPU slice on any machine (jaxstep.parallel.aot; tests/test_aot.py skips without it
+    # and fails with CI=true, so CI installs this extra too).
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tfds": ["tensorflow-datasets==4.9.10", "array-record"],
