@@ -3,15 +3,15 @@
     python bench/ppo_step.py              # the issue's setting (one CPU device, float32)
     python bench/ppo_step.py --quick      # a smaller smoke run
 
-Shape (issue 7): the random Qwen2 of bench/sampler.py (hidden 256, 4 layers, 4 heads,
+Shape: the random Qwen2 of bench/sampler.py (hidden 256, 4 layers, 4 heads,
 2 KV heads, intermediate 688, vocab 32000; tied embeddings, about 11M parameters) as the
 policy, the frozen reference and the critic (plus a reward model of the critic's shape);
 batch 32, prompts of 48-64 tokens left-padded to 64, 128 new tokens (no EOS: every row
 generates all 128), Adam, one epoch, one minibatch, one device.
 
-One step is what `jaxstep.train.ppo` does per iteration, with the same functions:
+One step is what `jaxstep.stages.ppo` does per iteration, with the same functions:
   rollout  `jaxstep.models.sampler.generate` (KV cache, plain sampling) -> host arrays
-  scoring  `jaxstep.train.rollout.make_scorer`: reference logprobs, critic values, PRM
+  scoring  `jaxstep.rl.scorer.make_scorer`: reference logprobs, critic values, PRM
            scores at 8 step ends per response, PRM-Max shaping + success reward
   update   `jaxstep.rl.update.make_ppo_update`: KL penalty, GAE, whitening, a policy
            and a critic Adam step (LM head on the response-predicting positions only)
@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxstep.rl import rollout as rollout_lib
+from jaxstep.rl import scorer as scorer_lib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from jaxstep import models  # noqa: E402
 from jaxstep.rl import update as update_lib  # noqa: E402
-from jaxstep.train import rollout as rollout_lib  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -112,11 +113,11 @@ def main():
 
     tx = optax.adam(1e-5)
     cfg_ppo = update_lib.PPOConfig(epochs=1, minibatches=1)
-    update = update_lib.make_ppo_update(rollout_lib.make_policy_apply(policy, P),
-                                        rollout_lib.make_critic_apply(critic), tx, tx, cfg_ppo,
-                                        policy_logprobs=rollout_lib.make_policy_logprobs(policy, P))
-    scorer = rollout_lib.make_scorer(policy, critic, critic, "prm",
-                                     rollout_lib.ShapingSettings(scheme="prm_max"), prompt_len=P)
+    update = update_lib.make_ppo_update(scorer_lib.make_policy_apply(policy, P),
+                                        scorer_lib.make_critic_apply(critic), tx, tx, cfg_ppo,
+                                        policy_logprobs=scorer_lib.make_policy_logprobs(policy, P))
+    scorer = scorer_lib.make_scorer(policy, critic, critic, "prm",
+                                     scorer_lib.ShapingSettings(scheme="prm_max"), prompt_len=P)
     state = update_lib.init_ppo_state(params, critic_params, tx, tx, kl_coef=0.1)
 
     times = {"rollout": [], "scoring": [], "update": [], "step": []}

@@ -2,7 +2,7 @@
 
 The config (an ml_collections file, preset after a colon, dotted overrides such as
 `--config.ppo.kl_coef=0.05`) names a `stage`; this module only dispatches to
-`jaxstep.train.<stage>.run(config, workdir)`.
+`jaxstep.stages.<stage>.run(config, workdir)`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import importlib
 import logging
 import os
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxstep import config_lib
+from jaxstep.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally `path:preset`.",
@@ -20,12 +24,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder for checkpoints, metrics and reports "
     "(default: config.workdir, else runs/<config name>).")
 
-# stage name -> module under jaxstep.train exposing `run(config, workdir)`.
+# stage name -> module under jaxstep.stages exposing `run(config, workdir)`.
 STAGES = {
     "sft": "sft",
     "eval": "evaluate",
-    "orm": "reward_models",
-    "prm": "reward_models",
+    "orm": "reward_model",
+    "prm": "reward_model",
     "ppo": "ppo",
     "pipeline": "pipeline",
     "sweep": "sweep",
@@ -45,7 +49,7 @@ def dispatch(config, workdir: str):
     stage = config.stage
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r} in config; expected one of {sorted(STAGES)}.")
-    module = importlib.import_module(f"jaxstep.train.{STAGES[stage]}")
+    module = importlib.import_module(f"jaxstep.stages.{STAGES[stage]}")
     return module.run(config, workdir)
 
 
@@ -56,8 +60,8 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/ppo_prm_max.py")
     logging.getLogger().setLevel(logging.INFO)
-    from jaxstep.parallel import distributed
     distributed.maybe_initialize(config)
+    config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = resolve_workdir(config, _WORKDIR.value)
     os.makedirs(workdir, exist_ok=True)
     dispatch(config, workdir)

@@ -14,7 +14,10 @@ import numpy as np
 from jaxstep import config_lib
 from jaxstep.checkpoint import Checkpointer
 from jaxstep.metrics import read_metrics
-from jaxstep.train import common, reward_models
+from jaxstep.models import build as model_build
+from jaxstep.models import reward_io
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep import workdir as workdir_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 300
@@ -103,12 +106,12 @@ def build_ppo_inputs(root) -> dict:
     config = config_lib.base_config("tiny_ppo_inputs", "ppo")
     config.data.num_train = 64
     config.model.update(TINY_MODEL)
-    tokenizer = common.get_tokenizer(config)
-    model, params = common.build_model(config, tokenizer)
-    policy = common.export(str(root / "sft"), model, params, tokenizer)
-    rm, rm_params, head = reward_models.reward_model_from_generator(model, params, jax.random.key(1))
+    tokenizer = tokenizer_lib.resolve_tokenizer(config)
+    model, params = model_build.build_model(config, tokenizer)
+    policy = workdir_lib.export(str(root / "sft"), model, params, tokenizer)
+    rm, rm_params, head = reward_io.reward_model_from_generator(model, params, jax.random.key(1))
     rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
-    prm = reward_models.save_reward_model(str(root / "prm" / "export"), rm, rm_params, tokenizer, "prm",
+    prm = reward_io.save_reward_model(str(root / "prm" / "export"), rm, rm_params, tokenizer, "prm",
                                           lm_head=head)
     return {"ppo.policy": policy, "ppo.reward_model": prm}
 
@@ -156,3 +159,15 @@ def assert_same_run(unbroken, other, final_step: int, what: str) -> None:
         for key, value in want.items():
             if not key.endswith(TIMING_SUFFIXES):
                 assert row[key] == value, f"{what}: step {row['step']} {key}: {row[key]} != {value}"
+
+
+def tiny_model(c, max_position_embeddings: int | None = None):
+    """Shrinks `c.model` to the tests' decoder: hidden 32, 2 layers, 2 heads (1 KV head)."""
+    c.model.hidden_size = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 1
+    c.model.intermediate_size = 64
+    if max_position_embeddings:
+        c.model.max_position_embeddings = max_position_embeddings
+    return c

@@ -8,7 +8,6 @@ depend on the order. The checks would catch a process reading another data shard
 RNG that differs per process, or reports/metrics written by both processes.
 """
 import json
-import os
 import socket
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from run_helpers import Launch, assert_same_run, build_ppo_inputs, child_env, command
-from jaxstep.train import common
+from jaxstep import workdir as workdir_lib
 
 PPO_STEPS = 3
 PPO_OVERRIDES = {
@@ -73,7 +72,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
     for pid, launch in enumerate(pair):
         assert f"Process {pid} of 2; 1 local / 2 global devices." in launch.log(), launch.tail()
     assert "1 local" not in reference.log()
-    assert common.is_done(single) and common.is_done(multi)
+    assert workdir_lib.is_done(single) and workdir_lib.is_done(multi)
 
     what = "2 processes x 1 CPU device vs 1 process x 2 devices"
     assert_same_run(single, multi, PPO_STEPS, what)

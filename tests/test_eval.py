@@ -7,20 +7,23 @@ import pytest
 
 from jaxstep import config_lib
 from jaxstep.data import formatting, grading
-from jaxstep.train import common, evaluate
-from jaxstep.train import report as report_lib
+from jaxstep.evaluation import policy as eval_policy
+from jaxstep import generation
+from jaxstep.models import build as model_build
+from jaxstep.reports import policy as policy_report
+from jaxstep.reports import markdown as report_lib
+from jaxstep.stages import evaluate as stage_eval
+from jaxstep.evaluation import stats
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep import workdir as workdir_lib
+from run_helpers import tiny_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_config(model_path: str, limit: int = 8, **eval_overrides):
     c = config_lib.base_config("test_eval", "eval")
-    c.model.hidden_size = 32
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.intermediate_size = 64
-    c.model.max_position_embeddings = 256
+    tiny_model(c, max_position_embeddings=256)
     c.data.num_train = 96
     c.data.synthetic_max_steps = 3
     c.eval.model = model_path
@@ -37,9 +40,9 @@ def random_export(tmp_path_factory):
     """A randomly initialised tiny policy exported as an HF folder (with its tokenizer)."""
     folder = tmp_path_factory.mktemp("policy")
     config = tiny_config("")
-    tokenizer = common.get_tokenizer(config)
-    model, params = common.build_model(config, tokenizer)
-    return common.export(str(folder), model, params, tokenizer)
+    tokenizer = tokenizer_lib.resolve_tokenizer(config)
+    model, params = model_build.build_model(config, tokenizer)
+    return workdir_lib.export(str(folder), model, params, tokenizer)
 
 
 def _recount(rows):
@@ -52,12 +55,12 @@ def _recount(rows):
 
 
 def _read_rows(workdir):
-    return evaluate.read_samples(os.path.join(workdir, evaluate.SAMPLES_FILE))
+    return eval_policy.read_samples(os.path.join(workdir, eval_policy.SAMPLES_FILE))
 
 
 def test_eval_stage_with_the_sampler_writes_report_samples_and_plots(random_export, tmp_path, capsys):
     workdir = str(tmp_path / "eval")
-    summary = evaluate.run(tiny_config(random_export, pass_k=2), workdir)
+    summary = stage_eval.run(tiny_config(random_export, pass_k=2), workdir)
     for name in ("report.md", "samples.jsonl", "accuracy.png", "summary.json"):
         assert os.path.isfile(os.path.join(workdir, name)), name
     with open(os.path.join(workdir, "accuracy.png"), "rb") as f:
@@ -70,7 +73,7 @@ def test_eval_stage_with_the_sampler_writes_report_samples_and_plots(random_expo
     with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
         text = f.read()
     assert "| synthetic | 8 |" in text and "pass@k" in text
-    assert evaluate.run(tiny_config(random_export), workdir) == summary  # reused
+    assert stage_eval.run(tiny_config(random_export), workdir) == summary  # reused
 
 
 def _fake_decoder(wrong_every: int):
@@ -82,16 +85,16 @@ def _fake_decoder(wrong_every: int):
                 text = formatting.reference_solution(p)
                 if wrong_every and i % wrong_every == 0:
                     text = text.rsplit("####", 1)[0] + f"#### {int(p.answer) + 1}"
-                answer, correct = common.grade(p, text)
-                out.append(common.Decoded(p, k, text, (1, 2, 3), answer, correct, True))
+                answer, correct = generation.grade(p, text)
+                out.append(generation.Decoded(p, k, text, (1, 2, 3), answer, correct, True))
         return out
     return fake
 
 
 def test_accuracy_equals_recount_of_samples(random_export, tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "decode_problems", _fake_decoder(wrong_every=3))
+    monkeypatch.setattr(generation, "decode_problems", _fake_decoder(wrong_every=3))
     workdir = str(tmp_path / "eval")
-    summary = evaluate.run(tiny_config(random_export, limit=12), workdir)
+    summary = stage_eval.run(tiny_config(random_export, limit=12), workdir)
     rows = _read_rows(workdir)
     recount = _recount(rows)["synthetic"]
     assert recount == pytest.approx(8 / 12)  # problems 0, 3, 6, 9 are wrong
@@ -103,8 +106,8 @@ def test_accuracy_equals_recount_of_samples(random_export, tmp_path, monkeypatch
 
 
 def test_model_that_copies_the_reference_scores_100(random_export, tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "decode_problems", _fake_decoder(wrong_every=0))
-    summary = evaluate.run(tiny_config(random_export, limit=10), str(tmp_path / "eval"))
+    monkeypatch.setattr(generation, "decode_problems", _fake_decoder(wrong_every=0))
+    summary = stage_eval.run(tiny_config(random_export, limit=10), str(tmp_path / "eval"))
     assert summary["accuracy"] == {"synthetic": 1.0}
     assert all(g["accuracy"] == 1.0 for g in summary["sets"]["synthetic"]["by_subject"].values())
 
@@ -121,7 +124,7 @@ def test_hand_made_samples_file_is_regraded(tmp_path):
     ]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    numbers = evaluate.report_from_samples(str(path), str(tmp_path / "out"))
+    numbers = policy_report.report_from_samples(str(path), str(tmp_path / "out"))
     assert numbers["overall"] == {"n": 3, "accuracy": 1.0}
     assert numbers["sets"]["math"]["by_level"] == {"3": {"n": 1, "accuracy": 1.0},
                                                    "5": {"n": 1, "accuracy": 1.0}}
@@ -132,7 +135,7 @@ def test_hand_made_samples_file_is_regraded(tmp_path):
 
     rows[0]["response"] = "I am not sure."  # no final answer: wrong, never an error
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    numbers = evaluate.report_from_samples(str(path), str(tmp_path / "out2"), plots=False)
+    numbers = policy_report.report_from_samples(str(path), str(tmp_path / "out2"), plots=False)
     assert numbers["sets"]["gsm8k"]["accuracy"] == 0.0
 
 
@@ -140,15 +143,15 @@ def test_samples_file_errors_name_the_line(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text('{"source": "a", "reference": "1", "response": "#### 1"}\n{"source": "a"}\n')
     with pytest.raises(ValueError, match=r"samples.jsonl:2: missing field"):
-        evaluate.read_samples(str(path))
+        eval_policy.read_samples(str(path))
 
 
 def test_report_helpers(tmp_path):
     rows = [{"level": 1, "correct": True}, {"level": 1, "correct": False},
             {"level": 2, "correct": True}, {"level": None, "correct": False}]
-    groups = report_lib.accuracy_by(rows, "level")
+    groups = stats.accuracy_by(rows, "level")
     assert [(g.name, g.n, g.correct) for g in groups] == [("1", 2, 1), ("2", 1, 1), ("?", 1, 0)]
-    assert report_lib.accuracy_by(rows)[0].accuracy == 0.5
+    assert stats.accuracy_by(rows)[0].accuracy == 0.5
     table = report_lib.group_table(groups, "level")
     assert "| 1 | 2 | 1 | 50.0% |" in table
     assert report_lib.format_accuracy(float("nan")) == "-"

@@ -25,7 +25,7 @@ import pytest
 
 from run_helpers import (LAUNCH_TIMEOUT_S, TINY_MODEL, Launch, assert_same_run, build_ppo_inputs,
                          child_env, command, finalized_checkpoints, logged_steps, read_checkpoint)
-from jaxstep.train import common
+from jaxstep import workdir as workdir_lib
 
 FAULT_SEED = int(os.environ.get("JAXSTEP_FAULT_SEED", "20240611"))
 RESTARTS = 3
@@ -63,7 +63,7 @@ def fault_step(rng: np.random.Generator, every: int, steps: int) -> int:
 def run_unbroken(cmd, env, workdir, log_dir) -> None:
     launch = Launch(cmd, env, log_dir, "unbroken")
     assert launch.wait() == 0, launch.tail()
-    assert common.is_done(workdir), launch.tail()
+    assert workdir_lib.is_done(workdir), launch.tail()
 
 
 def run_with_fault(cmd, env, workdir, log_dir, sig: int, step: int, what: str) -> dict:
@@ -84,7 +84,7 @@ def run_with_fault(cmd, env, workdir, log_dir, sig: int, step: int, what: str) -
         first.kill()
     info = {"signal_after_step": at_step, "rc": rc, "checkpoints_then": finalized_checkpoints(workdir)}
     what = f"{what} (signal after step {at_step}; checkpoints then {info['checkpoints_then']})"
-    assert not common.is_done(workdir), f"{what}: the run finished before the signal hit it"
+    assert not workdir_lib.is_done(workdir), f"{what}: the run finished before the signal hit it"
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL, f"{what}: rc {rc}\n{first.tail()}"
     else:  # SIGTERM: the stage saves its own checkpoint at the next step boundary, exits 0
@@ -100,9 +100,9 @@ def run_with_fault(cmd, env, workdir, log_dir, sig: int, step: int, what: str) -
             assert f"resumed from step {resume_from}\n" in launch.log() \
                 or f"resumed from iteration {resume_from}\n" in launch.log(), \
                 f"{what}: the restart did not resume from checkpoint {resume_from}:\n{launch.tail()}"
-        if common.is_done(workdir):
+        if workdir_lib.is_done(workdir):
             break
-    assert common.is_done(workdir), f"{what}: not done after {RESTARTS} restarts"
+    assert workdir_lib.is_done(workdir), f"{what}: not done after {RESTARTS} restarts"
     info["restarts"] = attempt
     return info
 

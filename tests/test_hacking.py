@@ -1,8 +1,8 @@
 """Reward-hacking statistics against hand-made responses."""
 import numpy as np
 import pytest
+from jaxstep.evaluation import hacking
 
-from jaxstep.train import hacking
 
 HONEST = "Ann has 5 + 3 = 8 apples.\nAnn has 8 - 2 = 6 apples.\n#### 6"
 FARMING = ("Ann has 5 + 3 = 8 apples.\nLet us think step-by-step.\nAnn has 5 + 3 = 8 apples.\n"

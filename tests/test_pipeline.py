@@ -8,7 +8,12 @@ import pytest
 
 from jaxstep import config_lib
 from jaxstep.metrics import MetricWriter
-from jaxstep.train import common, evaluate, pipeline, sweep
+from jaxstep.evaluation import policy as eval_policy
+from jaxstep.stages import pipeline as stage_pipeline
+from jaxstep.stages import sweep as stage_sweep
+from jaxstep.evaluation import stats
+from jaxstep import workdir as workdir_lib
+from run_helpers import tiny_model
 
 SCHEMES = ("prm_max", "orm")
 
@@ -19,11 +24,7 @@ def tiny_config(scheme="prm_max", stage="pipeline"):
     c.data.num_train = 200
     c.data.max_prompt_len = 64
     c.data.max_response_len = 24
-    c.model.hidden_size = 32
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.intermediate_size = 64
+    tiny_model(c)
     c.pipeline.eval_limit = 8
     c.pipeline.eval_batch_size = 8
     return c
@@ -41,7 +42,7 @@ def fake_eval(folder, correct):
              "response": "Ann has 1 + 0 = 1 apples.\n#### " + ("1" if c else "2"), "answer": "1" if c else "2",
              "correct": bool(c), "num_tokens": 12, "finished": True} for i, c in enumerate(correct)]
     os.makedirs(folder, exist_ok=True)
-    evaluate.write_samples(os.path.join(folder, evaluate.SAMPLES_FILE), rows)
+    eval_policy.write_samples(os.path.join(folder, eval_policy.SAMPLES_FILE), rows)
     write_json(os.path.join(folder, "summary.json"), {"stage": "eval", "accuracy": {"synthetic": float(np.mean(correct))}})
 
 
@@ -82,19 +83,19 @@ def mtimes(root):
 def test_paired_difference_and_errors():
     before = [{"source": "s", "id": str(i), "correct": c} for i, c in enumerate([1, 0, 0, 1, 0])]
     after = [{"source": "s", "id": str(i), "correct": c} for i, c in enumerate([1, 1, 1, 0, 0])]
-    d = pipeline.paired_difference(before, after)
+    d = stats.paired_difference(before, after)
     diffs = np.array([0, 1, 1, -1, 0])
     assert d["n"] == 5 and d["gained"] == 2 and d["lost"] == 1
     assert d["diff"] == pytest.approx(0.2)
     assert d["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(5))
-    acc = pipeline.accuracy_with_error(after)
+    acc = stats.accuracy_with_error(after)
     assert acc["accuracy"] == pytest.approx(0.6) and acc["se"] == pytest.approx(np.sqrt(0.6 * 0.4 / 5))
     # Only problems graded in both count; none in common gives NaN, not an error.
-    assert pipeline.paired_difference(before[:2], after)["n"] == 2
-    assert np.isnan(pipeline.paired_difference(before, [{"source": "t", "id": "0", "correct": 1}])["diff"])
-    assert pipeline.format_pm(0.4123, 0.0155) == "41.2% ± 1.6%"
-    assert pipeline.format_pm(0.05, 0.01, signed=True) == "+5.0% ± 1.0%"
-    mean, se = pipeline.mean_and_se([0.1, 0.3])
+    assert stats.paired_difference(before[:2], after)["n"] == 2
+    assert np.isnan(stats.paired_difference(before, [{"source": "t", "id": "0", "correct": 1}])["diff"])
+    assert stats.format_pm(0.4123, 0.0155) == "41.2% ± 1.6%"
+    assert stats.format_pm(0.05, 0.01, signed=True) == "+5.0% ± 1.0%"
+    mean, se = stats.mean_and_se([0.1, 0.3])
     assert mean == pytest.approx(0.2) and se == pytest.approx(0.1)
 
 
@@ -103,13 +104,13 @@ def test_paired_difference_of_sampled_responses():
         return [{"source": "s", "id": str(i), "correct": 0,
                  "samples": [{"correct": j < k} for j in range(4)]} for i, k in enumerate(shares)]
     before, after = rows([0, 2, 4, 1]), rows([1, 2, 3, 4])
-    d = pipeline.paired_difference(before, after, pipeline.sampled_correct)
+    d = stats.paired_difference(before, after, stats.sampled_correct)
     diffs = np.array([0.25, 0.0, -0.25, 0.75])
     assert d["n"] == 4 and d["gained"] == 2 and d["lost"] == 1
     assert d["diff"] == pytest.approx(diffs.mean()) and d["se"] == pytest.approx(diffs.std(ddof=1) / 2)
     # Rows without samples (greedy-only evals) drop out instead of counting as wrong.
-    assert pipeline.paired_difference(before, [{"source": "s", "id": "0", "correct": 1}],
-                                      pipeline.sampled_correct)["n"] == 0
+    assert stats.paired_difference(before, [{"source": "s", "id": "0", "correct": 1}],
+                                      stats.sampled_correct)["n"] == 0
 
 
 def test_pipeline_reuses_finished_stages(tmp_path):
@@ -117,7 +118,7 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     sft = finished_chain(root)
     fake_eval(os.path.join(root, "eval_ppo"), [1, 1, 1, 0, 1, 1, 0, 0, 1, 0])
     before = mtimes(root)
-    summary = pipeline.run(tiny_config(), root)
+    summary = stage_pipeline.run(tiny_config(), root)
     # Nothing was recomputed: every stage file is untouched, every stage reported as reused.
     assert mtimes(root).items() >= before.items()
     assert all(t["reused"] for t in summary["timings"].values())
@@ -131,7 +132,7 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     assert os.path.isfile(os.path.join(root, "ppo_curves.png"))
     # A finished pipeline is itself reused.
     stamp = os.stat(os.path.join(root, "summary.json")).st_mtime_ns
-    assert pipeline.run(tiny_config(), root) == summary
+    assert stage_pipeline.run(tiny_config(), root) == summary
     assert os.stat(os.path.join(root, "summary.json")).st_mtime_ns == stamp
 
 
@@ -143,7 +144,7 @@ def test_sweep_reuses_stages_and_writes_one_table(tmp_path):
     config = tiny_config(stage="sweep")
     config.sweep.schemes = "prm_max,orm"
     before = mtimes(root)
-    summary = sweep.run(config, root)
+    summary = stage_sweep.run(config, root)
     assert mtimes(root).items() >= before.items()
     assert all(t["reused"] for t in summary["timings"].values())
     assert set(summary["timings"]) == {"sft", "prm", "orm", "eval_sft", "ppo_prm_max", "eval_prm_max",
@@ -156,7 +157,7 @@ def test_sweep_reuses_stages_and_writes_one_table(tmp_path):
     assert table[0].startswith("| scheme | accuracy")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["SFT (start)", "prm_max", "orm"]
     with pytest.raises(ValueError, match="unknown scheme"):
-        sweep.parse_schemes("prm_max,prm_median")
+        stage_sweep.parse_schemes("prm_max,prm_median")
 
 
 @pytest.mark.slow
@@ -176,20 +177,20 @@ def test_tiny_chain_end_to_end(tmp_path):
     c.ppo.rollout_batch = 8
     c.ppo.minibatches = 1
     c.checkpoint.every_steps = 1
-    summary = pipeline.run(c, root)
+    summary = stage_pipeline.run(c, root)
     for name in ("sft", "prm", "ppo", "eval_sft", "eval_ppo"):
-        assert common.is_done(os.path.join(root, name)), name
+        assert workdir_lib.is_done(os.path.join(root, name)), name
         assert not summary["timings"][name]["reused"]
     assert summary["ppo_runs"][0]["eval"]["n"] == 8
     assert os.path.isfile(os.path.join(root, "report.md"))
     # The PRM report judges the PRM on minimal pairs of the held-out problems too.
-    prm_eval = common.read_summary(os.path.join(root, "prm"))["eval"]
+    prm_eval = workdir_lib.read_summary(os.path.join(root, "prm"))["eval"]
     assert 0.0 <= prm_eval["prm/flaw_detection_arithmetic"] <= 1.0
     assert -1.0 <= prm_eval["prm/best_of_2_min_minus_greedy"] <= 1.0  # paired against greedy
     assert "Flaw detection on minimal pairs" in open(os.path.join(root, "prm", "report.md")).read()
     os.remove(os.path.join(root, "summary.json"))  # force the chain to run again: all reused
     before = mtimes(os.path.join(root, "ppo"))
-    again = pipeline.run(c, root)
+    again = stage_pipeline.run(c, root)
     assert all(t["reused"] for t in again["timings"].values())
     assert mtimes(os.path.join(root, "ppo")) == before
     assert again["ppo_runs"][0]["eval"] == summary["ppo_runs"][0]["eval"]

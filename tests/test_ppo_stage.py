@@ -12,8 +12,16 @@ from jaxstep.data import batching, formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.metrics import read_metrics
 from jaxstep.rewards import scoring
-from jaxstep.train import common, ppo, reward_models
-from jaxstep.train import rollout as rollout_lib
+from jaxstep.models import build as model_build
+from jaxstep.models import reward_io
+from jaxstep.rl import rollout as rollout_lib
+from jaxstep.rl import scorer as scorer_lib
+from jaxstep.rewards import shaping
+from jaxstep.data import sources
+from jaxstep.stages import ppo as stage_ppo
+from jaxstep import workdir as workdir_lib
+from jaxstep.parallel import mesh as mesh_lib
+from run_helpers import tiny_model
 
 P, R, S = 64, 24, 8
 
@@ -24,11 +32,7 @@ def tiny_config(scheme="prm_dense", steps=2):
     c.data.num_eval = 8
     c.data.max_prompt_len = P
     c.data.max_response_len = R
-    c.model.hidden_size = 32
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.intermediate_size = 64
+    tiny_model(c)
     c.ppo.scheme = scheme
     c.ppo.steps = steps
     c.ppo.rollout_batch = 8
@@ -61,17 +65,17 @@ def tiny(tmp_path_factory):
     """A tiny random policy exported as <root>/sft/export and a PRM and an ORM from it."""
     root = str(tmp_path_factory.mktemp("ppo_chain"))
     config = tiny_config()
-    tokenizer = common.get_tokenizer(config)
-    model, params = common.build_model(config, tokenizer)
-    common.export(os.path.join(root, "sft"), model, params, tokenizer)
+    tokenizer = tokenizer_lib.resolve_tokenizer(config)
+    model, params = model_build.build_model(config, tokenizer)
+    workdir_lib.export(os.path.join(root, "sft"), model, params, tokenizer)
     for i, kind in enumerate(("prm", "orm")):
-        rm, rm_params, head = reward_models.reward_model_from_generator(model, params, jax.random.key(i + 1))
+        rm, rm_params, head = reward_io.reward_model_from_generator(model, params, jax.random.key(i + 1))
         rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
-        reward_models.save_reward_model(os.path.join(root, kind, "export"), rm, rm_params, tokenizer, kind,
+        reward_io.save_reward_model(os.path.join(root, kind, "export"), rm, rm_params, tokenizer, kind,
                                         lm_head=head)
-    rm_model, rm_params, _, _ = reward_models.load_reward_model(os.path.join(root, "prm", "export"))
-    orm_model, orm_params, _, _ = reward_models.load_reward_model(os.path.join(root, "orm", "export"))
-    problems = common.load_problems(config, "synthetic", "train")[:8]
+    rm_model, rm_params, _, _ = reward_io.load_reward_model(os.path.join(root, "prm", "export"))
+    orm_model, orm_params, _, _ = reward_io.load_reward_model(os.path.join(root, "orm", "export"))
+    problems = sources.load_problems(config, "synthetic", "train")[:8]
     return dict(root=root, config=config, tokenizer=tokenizer, model=model, params=params,
                 rm=(rm_model, rm_params), orm=(orm_model, orm_params), problems=problems)
 
@@ -98,10 +102,10 @@ def rollout_from_texts(problems, texts, tokenizer, finished=True):
 
 
 def test_sample_grades_and_finds_steps(tiny):
-    mesh = common.make_mesh(tiny["config"])
+    mesh = mesh_lib.make_mesh(tiny["config"].mesh)
     config = tiny_config()
     config.ppo.temperature = 0.7
-    settings = ppo.sample_settings(config)
+    settings = stage_ppo.sample_settings(config)
     assert settings.temperature == 0.7
     out = rollout_lib.sample(tiny["model"], tiny["params"], tiny["tokenizer"], tiny["problems"],
                              jax.random.key(0), settings, mesh=mesh)
@@ -119,7 +123,7 @@ def test_sample_grades_and_finds_steps(tiny):
     batch = rollout_lib.sequence_batch(out)
     np.testing.assert_array_equal(batch["input_ids"][:, P:], out.tokens)
     # The rollout's log-probs are those of the tempered policy, as the update computes them.
-    recomputed = rollout_lib.make_policy_logprobs(tiny["model"], P)(
+    recomputed = scorer_lib.make_policy_logprobs(tiny["model"], P)(
         tiny["params"], batch["input_ids"], batch["attention_mask"], batch["positions"], temperature=0.7)
     np.testing.assert_allclose(np.asarray(recomputed) * batch["response_mask"], batch["old_logprobs"], atol=2e-4)
     np.testing.assert_array_equal(batch["response_mask"].sum(1), out.lengths)
@@ -134,8 +138,8 @@ def test_scorer_rewards_at_step_ends_and_reference_logprobs(tiny):
     roll = rollout_from_texts(problems, texts, tok)
     batch = rollout_lib.sequence_batch(roll)
     rm_model, rm_params = tiny["rm"]
-    shaping = rollout_lib.ShapingSettings(scheme="prm_dense", alpha=0.5, success_coef=2.0)
-    scorer = rollout_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P,
+    shaping = scorer_lib.ShapingSettings(scheme="prm_dense", alpha=0.5, success_coef=2.0)
+    scorer = scorer_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P,
                                      recompute_logprobs=True)
     out = jax.device_get(scorer({"policy": params, "ref": params, "critic": rm_params, "rm": rm_params}, batch))
     # Reference logprobs: exact log-softmax of a full forward at the response tokens, 0 elsewhere.
@@ -174,7 +178,7 @@ def test_scorer_rewards_at_step_ends_and_reference_logprobs(tiny):
 def test_response_logprobs_match_full_logits(tiny):
     """The update's hook (LM head on the response positions only) equals token_logprobs of
     the full logits on the response, with entropies, at a temperature."""
-    from jaxstep.rl.logprobs import token_logprobs
+    from jaxstep.models.logprobs import token_logprobs
     model, params = tiny["model"], tiny["params"]
     rng = np.random.default_rng(0)
     ids = rng.integers(3, len(tiny["tokenizer"]), (2, P + R)).astype(np.int32)
@@ -183,7 +187,7 @@ def test_response_logprobs_match_full_logits(tiny):
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32)
     logits = model.apply({"params": params}, ids, attention_mask=mask, positions=positions)
     want_lp, want_ent = token_logprobs(logits, ids, temperature=0.7, with_entropy=True)
-    hook = rollout_lib.make_policy_logprobs(model, P)
+    hook = scorer_lib.make_policy_logprobs(model, P)
     lp, ent = hook(params, ids, mask, positions, temperature=0.7, with_entropy=True)
     np.testing.assert_allclose(np.asarray(lp)[:, P:], np.asarray(want_lp)[:, P:], atol=1e-5)
     np.testing.assert_allclose(np.asarray(ent)[:, P:], np.asarray(want_ent)[:, P:], atol=1e-5)
@@ -199,8 +203,8 @@ def test_scorer_orm_and_retokenized_reward_model(tiny):
     roll = rollout_from_texts(problems, texts, tok)
     batch = rollout_lib.sequence_batch(roll)
     orm_model, orm_params = tiny["orm"]
-    scorer = rollout_lib.make_scorer(model, orm_model, orm_model, "orm",
-                                     rollout_lib.ShapingSettings(scheme="orm", success_coef=0.0), prompt_len=P)
+    scorer = scorer_lib.make_scorer(model, orm_model, orm_model, "orm",
+                                     scorer_lib.ShapingSettings(scheme="orm", success_coef=0.0), prompt_len=P)
     out = jax.device_get(scorer({"policy": params, "ref": params, "critic": orm_params, "rm": orm_params}, batch))
     direct = np.asarray(scoring.score_outcome(orm_model, orm_params, batch["input_ids"], batch["attention_mask"]))
     np.testing.assert_allclose(out["outcome_scores"], direct, rtol=1e-5)
@@ -210,8 +214,8 @@ def test_scorer_orm_and_retokenized_reward_model(tiny):
     # A reward model with another tokenizer reads re-tokenized text; with the same one the
     # scores must match the shared-sequence path exactly.
     rm_model, rm_params = tiny["rm"]
-    shaping = rollout_lib.ShapingSettings(scheme="prm_min")
-    prm = rollout_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P)
+    shaping = scorer_lib.ShapingSettings(scheme="prm_min")
+    prm = scorer_lib.make_scorer(model, rm_model, rm_model, "prm", shaping, prompt_len=P)
     params_tree = {"policy": params, "ref": params, "critic": rm_params, "rm": rm_params}
     shared = jax.device_get(prm(params_tree, batch))
     retok = dict(batch, **rollout_lib.reward_model_batch(roll, tok, P + R + 2, "\n"))
@@ -223,34 +227,34 @@ def test_scorer_orm_and_retokenized_reward_model(tiny):
 
 def test_update_config_and_inputs(tiny):
     c = tiny_config()
-    cfg = ppo.ppo_update_config(c)
+    cfg = stage_ppo.ppo_update_config(c)
     assert cfg.kl_in_reward and cfg.kl_loss_coef == 0 and cfg.kl_target is None and cfg.clip_eps == 0.2
     c.ppo.kl_estimator, c.ppo.adaptive_kl = "k3", True
-    cfg = ppo.ppo_update_config(c)
+    cfg = stage_ppo.ppo_update_config(c)
     assert not cfg.kl_in_reward and cfg.kl_loss_coef == pytest.approx(0.1) and cfg.kl_target is None
     c.ppo.kl_estimator = "k1"
-    assert ppo.ppo_update_config(c).kl_target == 6.0
-    assert ppo.reward_model_kind("orm") == "orm" and ppo.reward_model_kind("clip_delta") == "prm"
+    assert stage_ppo.ppo_update_config(c).kl_target == 6.0
+    assert shaping.reward_model_kind("orm") == "orm" and shaping.reward_model_kind("clip_delta") == "prm"
     with pytest.raises(ValueError, match="ppo.scheme"):
-        ppo.reward_model_kind("prm_median")
+        shaping.reward_model_kind("prm_median")
     workdir = os.path.join(tiny["root"], "ppo")
-    assert ppo.input_paths(c, workdir) == (os.path.join(tiny["root"], "sft", "export"),
+    assert stage_ppo.input_paths(c, workdir) == (os.path.join(tiny["root"], "sft", "export"),
                                            os.path.join(tiny["root"], "prm", "export"))
     missing = tiny_config(scheme="orm")
     missing.ppo.policy = os.path.join(tiny["root"], "sft", "export")
     with pytest.raises(FileNotFoundError, match="ppo.reward_model"):
-        ppo.run(missing, os.path.join(tiny["root"], "elsewhere", "ppo"))
+        stage_ppo.run(missing, os.path.join(tiny["root"], "elsewhere", "ppo"))
 
 
 def test_stage_runs_checkpoints_resumes_and_exports(tiny):
     workdir = os.path.join(tiny["root"], "ppo")
     config = tiny_config(steps=2)
     config.ppo.eval_limit = 4
-    first = ppo.run(config, workdir, stop_after=1)  # "preempted" after one iteration
+    first = stage_ppo.run(config, workdir, stop_after=1)  # "preempted" after one iteration
     assert first == {"stopped_at": 1, "done": False}
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
-    summary = ppo.run(config, workdir)  # resumes at iteration 1
+    summary = stage_ppo.run(config, workdir)  # resumes at iteration 1
     rows = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "score" in r]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("kl", "reward", "score", "policy_loss", "value_loss", "rollout_accuracy", "num_steps",
@@ -264,12 +268,12 @@ def test_stage_runs_checkpoints_resumes_and_exports(tiny):
         assert json.load(f)["scheme"] == "prm_dense"
     export = os.path.join(workdir, "export")
     assert os.path.isfile(os.path.join(export, "model.safetensors"))
-    _, exported = common.build_model(config, common.get_tokenizer(config, export), export)
+    _, exported = model_build.build_model(config, tokenizer_lib.resolve_tokenizer(config, export), export)
     changed = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                            exported, tiny["params"])
     assert max(jax.tree.leaves(changed)) > 0  # PPO moved the policy
     assert os.path.isfile(os.path.join(workdir, "report.md"))
-    assert ppo.run(config, workdir) == summary  # done: reused, not recomputed
+    assert stage_ppo.run(config, workdir) == summary  # done: reused, not recomputed
 
 
 @pytest.mark.slow
@@ -279,10 +283,10 @@ def test_resume_is_exact(tiny, tmp_path):
     config.ppo.eval_limit = 0
     config.ppo.policy = os.path.join(tiny["root"], "sft", "export")
     config.ppo.reward_model = os.path.join(tiny["root"], "prm", "export")
-    straight = ppo.run(config, str(tmp_path / "a"))
-    ppo.run(config, str(tmp_path / "b"), stop_after=1)
-    resumed = ppo.run(config, str(tmp_path / "b"))
-    for a, b in zip(*(common.build_model(config, common.get_tokenizer(config, s["export"]), s["export"])[1:]
+    straight = stage_ppo.run(config, str(tmp_path / "a"))
+    stage_ppo.run(config, str(tmp_path / "b"), stop_after=1)
+    resumed = stage_ppo.run(config, str(tmp_path / "b"))
+    for a, b in zip(*(model_build.build_model(config, tokenizer_lib.resolve_tokenizer(config, s["export"]), s["export"])[1:]
                       for s in (straight, resumed))):
         jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
     rows_a = read_metrics(str(tmp_path / "a" / "metrics.jsonl"))

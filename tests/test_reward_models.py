@@ -10,14 +10,17 @@ import pytest
 
 from jaxstep import models
 from jaxstep.config_lib import base_config
-from jaxstep.data import formatting, synthetic
+from jaxstep.data import formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.rewards import scoring
-from jaxstep.rl.logprobs import token_logprobs
-from jaxstep.train import labels as labels_lib
-from jaxstep.train import reward_models as rm_lib
-from jaxstep.train import rm_eval
+from jaxstep.models.logprobs import token_logprobs
+from jaxstep.rm import labels as labels_lib
+from jaxstep.models import reward_io
+from jaxstep.rm import encoding as rm_encoding
+from jaxstep.rm import evaluation as rm_eval
+from jaxstep.rewards import losses as rm_losses
+from jaxstep.stages import reward_model as stage_rm
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_bce_loss_matches_hand_computed_values():
     logits = jnp.array([[0.0, 2.0], [-1.0, 5.0]])
     labels = jnp.array([[1.0, 0.0], [0.5, 1.0]])
     mask = jnp.array([[True, True], [True, False]])
-    loss, aux = rm_lib.bce_loss(logits, labels, mask)
+    loss, aux = rm_losses.bce_loss(logits, labels, mask)
     # BCE(x, y) = -y log s(x) - (1-y) log(1-s(x)) = softplus(x) - x*y
     expected = (math.log(2.0) + _softplus(2.0) + (_softplus(-1.0) + 0.5)) / 3
     assert float(loss) == pytest.approx(expected, rel=1e-6)
@@ -57,7 +60,7 @@ def test_bt_loss_matches_hand_computed_values():
     chosen = jnp.array([1.0, 0.0, 2.0])
     rejected = jnp.array([0.0, 1.0, -7.0])
     mask = jnp.array([True, True, False])
-    loss, aux = rm_lib.bt_loss(chosen, rejected, mask)
+    loss, aux = rm_losses.bt_loss(chosen, rejected, mask)
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(1.0))) / 2  # -log s(1), -log s(-1)
     assert float(loss) == pytest.approx(expected, rel=1e-6)
     assert float(aux["accuracy"]) == pytest.approx(0.5)
@@ -86,7 +89,7 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
             pos += 1
         else:
             expected.append(pos - 1)  # the last token of "#### 16"
-    enc = rm_lib.encode_labeled([record], tokenizer, 128, kind="prm")
+    enc = rm_encoding.encode_labeled([record], tokenizer, 128, kind="prm")
     n = len(steps)
     assert enc["step_ends"][0, :n].tolist() == expected
     assert enc["step_mask"][0].tolist() == [True] * n + [False] * (enc["step_mask"].shape[1] - n)
@@ -98,9 +101,9 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
 
     # The loss reads the logits at exactly those positions.
     decoder, params = _tiny(tokenizer)
-    model, rm_params, _ = rm_lib.reward_model_from_generator(decoder, params, jax.random.key(1))
+    model, rm_params, _ = reward_io.reward_model_from_generator(decoder, params, jax.random.key(1))
     batch = {k: jnp.asarray(v) for k, v in enc.items()}
-    loss, _ = jax.jit(lambda p, b: rm_lib.batch_loss(model, p, b, "bce"))(rm_params, batch)
+    loss, _ = jax.jit(lambda p, b: rm_losses.batch_loss(model, p, b, "bce"))(rm_params, batch)
     logits = np.asarray(jax.jit(model.apply)({"params": rm_params}, batch["ids"], attention_mask=batch["mask"]))[0]
     manual = np.mean([_softplus(logits[e]) - logits[e] * y for e, y in zip(expected, labels)])
     assert float(loss) == pytest.approx(manual, rel=1e-5)
@@ -108,10 +111,10 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
     # The joint LM loss targets the tokens of the correct step only (step 0 and its "\n").
     step0 = tokenizer.decode([int(i) for i in ids[enc["lm_mask"][0]]])
     assert step0 == " " + steps[0] + "\n" or step0 == steps[0] + "\n", step0
-    lm_model, lm_params, _ = rm_lib.reward_model_from_generator(
-        decoder, params, jax.random.key(1), rm_lib.boundary_token_ids(tokenizer, "\n"))
-    joint, aux = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce", 0.5))(lm_params, batch)
-    bce, _ = jax.jit(lambda p, b: rm_lib.batch_loss(lm_model, p, b, "bce"))(lm_params, batch)
+    lm_model, lm_params, _ = reward_io.reward_model_from_generator(
+        decoder, params, jax.random.key(1), reward_io.boundary_token_ids(tokenizer, "\n"))
+    joint, aux = jax.jit(lambda p, b: rm_losses.batch_loss(lm_model, p, b, "bce", 0.5))(lm_params, batch)
+    bce, _ = jax.jit(lambda p, b: rm_losses.batch_loss(lm_model, p, b, "bce"))(lm_params, batch)
     lm_logits = decoder.apply({"params": params}, batch["ids"])
     token_lp = np.asarray(token_logprobs(lm_logits, batch["ids"]))[0]
     manual_lm = -token_lp[enc["lm_mask"][0]].mean()
@@ -119,7 +122,7 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
     assert float(joint) == pytest.approx(float(bce) + 0.5 * manual_lm, rel=1e-5)
 
     # ORM: one target, the last real token (the EOS).
-    orm = rm_lib.encode_labeled([record], tokenizer, 128, kind="orm")
+    orm = rm_encoding.encode_labeled([record], tokenizer, 128, kind="orm")
     last = int(enc["mask"][0].sum()) - 1
     assert orm["step_ends"].tolist() == [[last]] and orm["labels"].tolist() == [[0.0]]
     assert ids[last] == tokenizer.eos_token_id
@@ -127,7 +130,7 @@ def test_labels_land_on_exactly_the_step_end_tokens(tokenizer):
 
 def test_scoring_gathers_step_ends_with_an_offset_and_the_last_token(tokenizer):
     decoder, params = _tiny(tokenizer)
-    model, rm_params, _ = rm_lib.reward_model_from_generator(decoder, params, jax.random.key(3))
+    model, rm_params, _ = reward_io.reward_model_from_generator(decoder, params, jax.random.key(3))
     # Left-padded prompts (P = 6) followed by right-padded responses (R = 5).
     ids = jnp.array([[0, 0, 1, 9, 10, 11, 20, 21, 22, 2, 0],
                      [1, 9, 10, 11, 12, 13, 20, 21, 0, 0, 0]], jnp.int32)
@@ -135,7 +138,8 @@ def test_scoring_gathers_step_ends_with_an_offset_and_the_last_token(tokenizer):
     step_ends = jnp.array([[0, 2, 0], [1, 0, 0]], jnp.int32)  # relative to the response
     step_mask = jnp.array([[True, True, False], [True, False, False]])
     logits = np.asarray(jax.jit(model.apply)({"params": rm_params}, ids, attention_mask=mask))
-    jitted = scoring.make_scorer(model, "prm")
+    jitted = jax.jit(lambda p, ids, mask, ends, smask, offset: scoring.score(
+        model, p, "prm", ids, mask, step_ends=ends, step_mask=smask, offset=offset))
     got = np.asarray(jitted(rm_params, ids, mask, step_ends, step_mask, 6))
     want = 1 / (1 + np.exp(-np.array([[logits[0, 6], logits[0, 8], 0], [logits[1, 7], 0, 0]])))
     want[0, 2] = want[1, 1] = want[1, 2] = 0.0
@@ -153,18 +157,18 @@ def test_scoring_gathers_step_ends_with_an_offset_and_the_last_token(tokenizer):
 @pytest.mark.parametrize("tied", [True, False])
 def test_save_and_load_reward_model_round_trip(tmp_path, tokenizer, tied):
     decoder, params = _tiny(tokenizer, tie_word_embeddings=tied)
-    model, rm_params, lm_head = rm_lib.reward_model_from_generator(decoder, params, jax.random.key(4))
+    model, rm_params, lm_head = reward_io.reward_model_from_generator(decoder, params, jax.random.key(4))
     rm_params["score"]["bias"] = jnp.array([0.25])
     assert (lm_head is None) == tied
     path = str(tmp_path / "export")
-    rm_lib.save_reward_model(path, model, rm_params, tokenizer, "prm", lm_head=lm_head,
+    reward_io.save_reward_model(path, model, rm_params, tokenizer, "prm", lm_head=lm_head,
                              metadata={"labels": "exact"})
     for name in ("config.json", "model.safetensors", "tokenizer.json", "score.safetensors",
                  "reward_model.json"):
         assert os.path.isfile(os.path.join(path, name)), name
     info = json.load(open(os.path.join(path, "reward_model.json")))
     assert info["kind"] == "prm" and info["labels"] == "exact"
-    loaded, loaded_params, loaded_tok, kind = rm_lib.load_reward_model(path)
+    loaded, loaded_params, loaded_tok, kind = reward_io.load_reward_model(path)
     assert kind == "prm" and len(loaded_tok) == len(tokenizer)
     ids = jnp.array([[1, 30, 31, 32, 2]], jnp.int32)
     apply = jax.jit(model.apply)  # same architecture: one compiled function for both
@@ -177,7 +181,7 @@ def test_save_and_load_reward_model_round_trip(tmp_path, tokenizer, tied):
     if not tied:
         np.testing.assert_array_equal(np.asarray(lm_params["lm_head"]), np.asarray(lm_head))
     with pytest.raises(FileNotFoundError, match="reward_model.json"):
-        rm_lib.load_reward_model(str(tmp_path))
+        reward_io.load_reward_model(str(tmp_path))
 
 
 def test_segment_loglik_matches_a_python_loop():
@@ -196,9 +200,9 @@ def test_segment_loglik_matches_a_python_loop():
 @pytest.mark.parametrize("tied", [True, False])
 def test_likelihood_feature_reads_the_lm_and_round_trips(tmp_path, tokenizer, tied):
     decoder, params = _tiny(tokenizer, tie_word_embeddings=tied)
-    newline = rm_lib.boundary_token_ids(tokenizer, "\n")
+    newline = reward_io.boundary_token_ids(tokenizer, "\n")
     assert newline and all("\n" in tokenizer.decode([i]) for i in newline)
-    model, rm_params, lm_head = rm_lib.reward_model_from_generator(decoder, params, jax.random.key(4), newline)
+    model, rm_params, lm_head = reward_io.reward_model_from_generator(decoder, params, jax.random.key(4), newline)
     ids = jnp.asarray(tokenizer("Ann has 3 + 4 = 7 eggs.\nAnn has 7 - 2 = 5 eggs.\n#### 5")["input_ids"])[None]
     # Score head at 0: the logit is the step log-likelihood under the generator's own LM.
     zero = dict(rm_params, score=jax.tree.map(jnp.zeros_like, rm_params["score"]))
@@ -207,8 +211,8 @@ def test_likelihood_feature_reads_the_lm_and_round_trips(tmp_path, tokenizer, ti
                                np.asarray(models.segment_loglik(lm, ids, newline)), rtol=1e-5, atol=1e-5)
     rm_params["likelihood"]["weight"] = jnp.array([0.5])
     path = str(tmp_path / "export")
-    rm_lib.save_reward_model(path, model, rm_params, tokenizer, "prm", lm_head=lm_head)
-    loaded, loaded_params, _, _ = rm_lib.load_reward_model(path)
+    reward_io.save_reward_model(path, model, rm_params, tokenizer, "prm", lm_head=lm_head)
+    loaded, loaded_params, _, _ = reward_io.load_reward_model(path)
     assert loaded.boundary_ids == newline
     np.testing.assert_allclose(np.asarray(loaded.apply({"params": loaded_params}, ids)),
                                np.asarray(model.apply({"params": rm_params}, ids)), rtol=1e-5, atol=1e-5)
@@ -296,15 +300,15 @@ def test_prm_trains_on_the_real_prm800k_records(tmp_path, shared_data, loss):
     c.data.max_prompt_len = 256
     c.data.max_response_len = 256
     workdir = str(tmp_path / "prm")
-    summary = rm_lib.run(c, workdir)
+    summary = stage_rm.run(c, workdir)
     assert summary["steps"] == 4 and summary["loss"] == loss
     assert np.isfinite(summary["final_loss"])
     assert summary["data"]["train_records"] > 0 and summary["data"]["eval_records"] > 0
     assert "prm/records_step_auc" in summary["eval"]
-    model, params, _, kind = rm_lib.load_reward_model(summary["export"])
+    model, params, _, kind = reward_io.load_reward_model(summary["export"])
     assert kind == "prm"
     assert os.path.isfile(os.path.join(workdir, "report.md"))
-    assert rm_lib.run(c, workdir) == summary  # done: reused
+    assert stage_rm.run(c, workdir) == summary  # done: reused
 
 
 def _orm_config(tmp_path, shared_data):
@@ -324,21 +328,21 @@ def _check_orm_summary(summary):
     assert summary["steps"] == 4 and summary["stage"] == "orm"
     assert summary["data"]["train_records"] + summary["data"]["eval_records"] == 24  # 6 x 4 solutions
     assert "orm/records_outcome_auc" in summary["eval"]
-    _, _, _, kind = rm_lib.load_reward_model(summary["export"])
+    _, _, _, kind = reward_io.load_reward_model(summary["export"])
     assert kind == "orm"
 
 
 def test_orm_trains_on_labelled_gsm8k_solutions(tmp_path, shared_data):
-    _check_orm_summary(rm_lib.run(_orm_config(tmp_path, shared_data), str(tmp_path / "orm")))
+    _check_orm_summary(stage_rm.run(_orm_config(tmp_path, shared_data), str(tmp_path / "orm")))
 
 
 @pytest.mark.slow
 def test_orm_stage_resumes_from_its_checkpoint(tmp_path, shared_data):
     c = _orm_config(tmp_path, shared_data)
     workdir = str(tmp_path / "orm")
-    partial = rm_lib.run(c, workdir, stop_after=2)
+    partial = stage_rm.run(c, workdir, stop_after=2)
     assert partial == {"stopped_at": 2, "done": False}
-    summary = rm_lib.run(c, workdir)
+    summary = stage_rm.run(c, workdir)
     _check_orm_summary(summary)
     steps_logged = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
                     if "loss" in json.loads(line)]

@@ -1,9 +1,7 @@
 """Reward-model labels: exact, PRM800K, GSM8K pre-labelled solutions, Monte-Carlo with a cache."""
 import json
-import os
 
 import jax
-import numpy as np
 import pytest
 
 from jaxstep import models
@@ -11,8 +9,9 @@ from jaxstep.config_lib import base_config
 from jaxstep.data import formatting, grading, prm800k, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
-from jaxstep.train import labels as labels_lib
-from jaxstep.train import reward_models as rm_lib
+from jaxstep.rm import labels as labels_lib
+from jaxstep.rm import montecarlo
+from jaxstep.rm import dataset as rm_dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +45,10 @@ def test_corruption_kinds_restrict_the_flaws(problems):
     slips = labels_lib.corrupted_solutions(problems, key, kinds=("arithmetic",))
     for p, r in zip(problems, slips):  # a wrong result: same step count, the answer wrong
         assert len(r.steps) == len(p.steps) + 1 and not r.correct and 0.0 in r.labels
-    assert rm_lib.corruption_kinds(" arithmetic, skip ") == ("arithmetic", "skip")
-    assert rm_lib.corruption_kinds("") == ()
+    assert rm_dataset.corruption_kinds(" arithmetic, skip ") == ("arithmetic", "skip")
+    assert rm_dataset.corruption_kinds("") == ()
     with pytest.raises(ValueError, match="typo"):
-        rm_lib.corruption_kinds("arithmetic,typo")
+        rm_dataset.corruption_kinds("arithmetic,typo")
 
 
 def test_flaw_pairs_agree_up_to_the_flawed_step(problems):
@@ -145,7 +144,7 @@ def test_montecarlo_labels_with_a_real_tiny_generator_and_a_resumable_cache(tmp_
     config.sampler.batch_size = 32
     generator = _tiny_generator(tokenizer)
     calls = []
-    real_complete = rm_lib.make_completer(config, generator, mesh=None)
+    real_complete = rm_dataset.make_completer(config, generator, mesh=None)
 
     def complete(problems, prefixes, n, key):  # the real sampler, with a call log
         calls.append(len(prefixes))
@@ -159,7 +158,7 @@ def test_montecarlo_labels_with_a_real_tiny_generator_and_a_resumable_cache(tmp_
     solutions = labels_lib.outcome_labels([problem] * 3, texts)
     cache = str(tmp_path / "mc.jsonl")
     n = 3
-    soft = labels_lib.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
+    soft = montecarlo.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
                                         cache_path=cache, mode="soft", chunk=2, progress=False)
     assert calls == [2, 2]  # chunk of 2 solutions (1 + 1 prefixes), then 1 solution (2 prefixes)
     rows = [json.loads(line) for line in open(cache)]
@@ -173,7 +172,7 @@ def test_montecarlo_labels_with_a_real_tiny_generator_and_a_resumable_cache(tmp_
     assert [r.correct for r in soft] == [True, False, True]
     # Prefix "#### 8\n": a continuation without another "####" keeps the answer 8.
     assert soft[2].labels[0] > 0
-    hard = labels_lib.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
+    hard = montecarlo.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
                                         cache_path=cache, mode="hard", chunk=2, progress=False)
     assert calls == [2, 2]  # everything came from the cache
     assert [h.labels for h in hard] == [tuple(float(s > 0) for s in r.labels) for r in soft]
@@ -182,7 +181,7 @@ def test_montecarlo_labels_with_a_real_tiny_generator_and_a_resumable_cache(tmp_
     lines = open(cache).read().splitlines()
     with open(cache, "w") as f:
         f.write(lines[0] + "\n" + lines[1][:20])
-    again = labels_lib.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
+    again = montecarlo.montecarlo_labels(solutions, complete, num_completions=n, key=jax.random.key(0),
                                          cache_path=cache, mode="soft", chunk=2, progress=False)
     assert calls == [2, 2, 3]  # solutions 1 and 2: 1 + 2 prefixes in one call
     assert again[0].labels == soft[0].labels

@@ -9,18 +9,19 @@ import pytest
 
 from jaxstep import config_lib
 from jaxstep.data import Problem, synthetic
-from jaxstep.train import common, sft
+from jaxstep.models import build as model_build
+from jaxstep.train import optim
+from jaxstep.data import sources
+from jaxstep.stages import sft as stage_sft
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep import workdir as workdir_lib
+from run_helpers import tiny_model
 
 
 def tiny_config(steps: int = 24, **sft_overrides):
     """A config that trains a very small decoder for a few steps on synthetic data."""
     c = config_lib.base_config("test_sft", "sft")
-    c.model.hidden_size = 32
-    c.model.num_layers = 2
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.intermediate_size = 64
-    c.model.max_position_embeddings = 256
+    tiny_model(c, max_position_embeddings=256)
     c.data.num_train = 96
     c.data.num_eval = 8
     c.data.synthetic_max_steps = 2
@@ -48,7 +49,7 @@ def _metrics(workdir):
 def trained(tmp_path_factory):
     """One short SFT run shared by the tests below."""
     workdir = str(tmp_path_factory.mktemp("sft"))
-    summary = sft.run(tiny_config(steps=24), workdir)
+    summary = stage_sft.run(tiny_config(steps=24), workdir)
     return workdir, summary
 
 
@@ -62,13 +63,13 @@ def test_short_run_lowers_loss_and_writes_everything(trained):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert os.path.isfile(os.path.join(workdir, "export", name)), name
     assert os.path.isdir(os.path.join(workdir, "tb"))
-    assert common.is_done(workdir)
+    assert workdir_lib.is_done(workdir)
 
 
 def test_finished_stage_is_reused_not_retrained(trained):
     workdir, summary = trained
     before = os.path.getmtime(os.path.join(workdir, "export", "model.safetensors"))
-    again = sft.run(tiny_config(steps=24), workdir)
+    again = stage_sft.run(tiny_config(steps=24), workdir)
     assert again == summary
     assert os.path.getmtime(os.path.join(workdir, "export", "model.safetensors")) == before
 
@@ -80,7 +81,7 @@ def test_export_loads_in_transformers_with_equal_logits(trained):
     workdir, _ = trained
     path = os.path.join(workdir, "export")
     config = tiny_config()
-    ours_tok = common.get_tokenizer(config)  # rebuilt from the synthetic corpus: same tokenizer
+    ours_tok = tokenizer_lib.resolve_tokenizer(config)  # rebuilt from the synthetic corpus: same tokenizer
     hf_tok = AutoTokenizer.from_pretrained(path)
     text = "Question: Ann has 5 apples. Ann buys 3 more.\nAnswer:\nAnn has 5 + 3 = 8 apples.\n#### 8"
     ids = ours_tok(text, add_special_tokens=False)["input_ids"]
@@ -88,7 +89,7 @@ def test_export_loads_in_transformers_with_equal_logits(trained):
     assert hf_tok.decode(ids) == text
     assert hf_tok.eos_token_id == ours_tok.eos_token_id and hf_tok.pad_token_id == ours_tok.pad_token_id
 
-    model, params = common.build_model(config, ours_tok, path)
+    model, params = model_build.build_model(config, ours_tok, path)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     batch = np.array([ids, ids[:10] + [ours_tok.pad_token_id] * (len(ids) - 10)], np.int32)
     mask = np.array([[1] * len(ids), [1] * 10 + [0] * (len(ids) - 10)], np.int32)
@@ -103,11 +104,11 @@ def test_export_loads_in_transformers_with_equal_logits(trained):
 def test_resume_after_stop_matches_unbroken_run_bitwise(trained, tmp_path):
     unbroken_dir, _ = trained
     workdir = str(tmp_path / "resumed")
-    stopped = sft.run(tiny_config(steps=24), workdir, stop_after=12)
+    stopped = stage_sft.run(tiny_config(steps=24), workdir, stop_after=12)
     assert stopped == {"stopped_at": 12, "done": False}
-    assert not common.is_done(workdir)
+    assert not workdir_lib.is_done(workdir)
     assert 12 in [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
-    summary = sft.run(tiny_config(steps=24), workdir)
+    summary = stage_sft.run(tiny_config(steps=24), workdir)
     assert summary["steps"] == 24
     steps_logged = [row["step"] for row in _metrics(workdir) if "loss" in row]
     assert steps_logged == [4, 8, 12, 16, 20, 24]  # continued, not restarted
@@ -124,12 +125,12 @@ def test_loss_is_on_solution_tokens_only():
     from jaxstep.data import batching
 
     config = tiny_config()
-    tokenizer = common.get_tokenizer(config)
-    model, params = common.build_model(config, tokenizer)
+    tokenizer = tokenizer_lib.resolve_tokenizer(config)
+    model, params = model_build.build_model(config, tokenizer)
     problems = synthetic.generate(4, split="train", seed=1, max_steps=2)
     encoded = batching.encode_sft(problems, tokenizer, 112)
     batch = {k: jnp.asarray(encoded[k]) for k in ("ids", "mask", "loss_mask")}
-    loss, aux = jax.jit(lambda p, b: sft.sft_loss(model, p, b))(params, batch)
+    loss, aux = jax.jit(lambda p, b: stage_sft.sft_loss(model, p, b))(params, batch)
 
     forward = jax.jit(lambda p, b: model.apply({"params": p}, b["ids"], attention_mask=b["mask"]))
     logits = np.asarray(forward(params, batch), np.float64)
@@ -147,7 +148,7 @@ def test_loss_is_on_solution_tokens_only():
 
 def test_learning_rate_schedule_warms_up_then_decays():
     config = tiny_config(steps=100, warmup_steps=10, learning_rate=1e-3, end_lr_ratio=0.1)
-    schedule = sft.learning_rate_schedule(config.sft)
+    schedule = optim.learning_rate_schedule(config.sft)
     assert float(schedule(0)) == 0.0
     assert float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(5)) == pytest.approx(5e-4)
@@ -156,26 +157,26 @@ def test_learning_rate_schedule_warms_up_then_decays():
 
 
 def test_parse_sources_and_mix():
-    assert common.parse_sources("gsm8k:0.5, math:1.5") == [("gsm8k", 0.5), ("math", 1.5)]
-    assert common.parse_sources("synthetic") == [("synthetic", 1.0)]
-    assert common.parse_sources("hf:openai/gsm8k") == [("hf:openai/gsm8k", 1.0)]
+    assert sources.parse_sources("gsm8k:0.5, math:1.5") == [("gsm8k", 0.5), ("math", 1.5)]
+    assert sources.parse_sources("synthetic") == [("synthetic", 1.0)]
+    assert sources.parse_sources("hf:openai/gsm8k") == [("hf:openai/gsm8k", 1.0)]
     with pytest.raises(ValueError):
-        common.parse_sources(" , ")
+        sources.parse_sources(" , ")
     a = [Problem(f"a{i}", ("s",), "1", "a") for i in range(10)]
     b = [Problem(f"b{i}", ("s",), "1", "b") for i in range(3)]
-    mixed = common.mix([a, b], [1.0, 3.0], jax.random.key(0), total=40)
+    mixed = sources.mix([a, b], [1.0, 3.0], jax.random.key(0), total=40)
     assert len(mixed) == 40
     assert sum(p.source == "a" for p in mixed) == 10 and sum(p.source == "b" for p in mixed) == 30
     assert set(p.question for p in mixed if p.source == "a") == {p.question for p in a}
-    again = common.mix([a, b], [1.0, 3.0], jax.random.key(0), total=40)
+    again = sources.mix([a, b], [1.0, 3.0], jax.random.key(0), total=40)
     assert [p.question for p in again] == [p.question for p in mixed]
 
 
 def test_summary_roundtrip_and_default_input(tmp_path):
     workdir = str(tmp_path / "stage")
-    assert not common.is_done(workdir)
-    written = common.write_summary(workdir, {"accuracy": np.float32(0.5), "n": np.int64(3),
+    assert not workdir_lib.is_done(workdir)
+    written = workdir_lib.write_summary(workdir, {"accuracy": np.float32(0.5), "n": np.int64(3),
                                              "bad": float("nan")})
-    assert common.is_done(workdir)
-    assert common.read_summary(workdir) == written == {"accuracy": 0.5, "n": 3, "bad": "nan"}
-    assert common.default_input(workdir, "sft") == str(tmp_path / "sft" / "export")
+    assert workdir_lib.is_done(workdir)
+    assert workdir_lib.read_summary(workdir) == written == {"accuracy": 0.5, "n": 3, "bad": "nan"}
+    assert workdir_lib.default_input(workdir, "sft") == str(tmp_path / "sft" / "export")

@@ -7,7 +7,8 @@
   grading      extract_answer(text), is_correct(response, reference), answers_match(pred, ref)
   synthetic    generate, label_steps(problem, steps), corrupt(problem, key), split_of
   steps        split_gsm8k, split_math, last_boxed (the step-splitting rules)
-  tokenizer    build_tokenizer, train_tokenizer, save_tokenizer, load_tokenizer, get_tokenizer
+  tokenizer    build_tokenizer, train_tokenizer, save_tokenizer, load_tokenizer, resolve_tokenizer
+  sources      load_problems (weighted mixes of sources), eval_problems, parse_sources
   formatting   format_prompt, render_solution, reference_solution, split_steps
   batching     encode_prompts, encode_sft, step_ends_from_tokens, batch_step_ends, make_loader
 """

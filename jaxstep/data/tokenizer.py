@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from jaxstep.data.hub import resolve_path
+from jaxstep.data.sources import synthetic_difficulty
+from jaxstep.data import formatting, synthetic
+
 if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -67,7 +71,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 256) -> PreTrainedTo
 def synthetic_corpus(num_problems: int = 5000, *, seed: int = 0, delimiter: str = "\n",
                      **difficulty: Any) -> list[str]:
     """Prompt + rendered solution of `num_problems` synthetic train problems."""
-    from jaxstep.data import formatting, synthetic  # noqa: PLC0415
 
     problems = synthetic.generate(num_problems, split="train", seed=seed, **difficulty)
     return [formatting.format_prompt(p) + formatting.render_solution(p.steps, p.answer, delimiter)
@@ -109,13 +112,6 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def get_tokenizer(spec: str = "", *, vocab_size: int = 256, **kw: Any) -> PreTrainedTokenizerBase:
-    """`spec` = "" builds the tiny synthetic tokenizer; otherwise `load_tokenizer(spec)`."""
-    if not spec:
-        return build_tokenizer(vocab_size, **kw)
-    return load_tokenizer(spec)
-
-
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     """pad/bos/eos ids; pad falls back to eos when a tokenizer has no pad token (e.g. Llama)."""
     eos = tokenizer.eos_token_id
@@ -123,3 +119,59 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     if pad is None:
         raise ValueError("tokenizer has neither a pad nor an eos token")
     return {"pad": pad, "bos": tokenizer.bos_token_id, "eos": eos}
+
+
+# ----------------------------------------------------------------------------- a stage's tokenizer
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(path: str) -> bool:
+    """Whether local folder `path` holds tokenizer files."""
+    return bool(path) and os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES)
+
+
+def resolve_tokenizer(config, model_path: str = ""):
+    """The stage's tokenizer (a transformers tokenizer).
+
+    Order: `config.data.tokenizer` (a folder, a tokenizer.json or a hub name); else the
+    tokenizer saved in `model_path` (an export folder or HF checkpoint, local or hub);
+    else the tiny BPE trained on `config.data.num_train` synthetic train problems
+    (deterministic in the seed and the data knobs, so every stage rebuilds the same one).
+    """
+    spec = config.data.tokenizer
+    if spec:
+        return _load_tokenizer(spec)
+    if model_path:
+        if has_tokenizer(model_path):
+            return load_tokenizer_folder(model_path)
+        if not os.path.exists(model_path):  # a hub name
+            return _load_tokenizer(model_path)
+    return build_tokenizer(
+        config.data.tokenizer_vocab_size, num_problems=max(config.data.num_train, 1),
+        seed=config.seed, delimiter=config.data.step_delimiter, **synthetic_difficulty(config))
+
+
+def load_tokenizer_folder(folder: str):
+    """The tokenizer saved in `folder`, read faithfully from its tokenizer.json when it has one.
+
+    transformers 5's AutoTokenizer rebuilds the tokenizer of a `qwen2` config.json from
+    the vocabulary alone (ByteLevel pre-tokenizer), which breaks any other pipeline, such
+    as the tiny Metaspace BPE; `PreTrainedTokenizerFast` keeps tokenizer.json as saved
+    and takes the special tokens from tokenizer_config.json.
+    """
+    folder = os.fspath(folder)
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (slow import)
+        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return load_tokenizer(folder)
+
+
+def _load_tokenizer(spec: str):
+    if os.path.isdir(spec):
+        return load_tokenizer_folder(spec)
+    if os.path.exists(spec):
+        return load_tokenizer(spec)
+    folder = resolve_path(spec)  # downloads a hub name (only when asked for one)
+    return load_tokenizer_folder(folder)

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxstep.data import formatting
+from jaxstep.rl.rollout import Rollout
 
 # What counts as "doing math" in a step: a digit or an arithmetic operator/relation.
 # A hyphen between two letters ("step-by-step") is not a minus sign.
@@ -124,3 +125,27 @@ def hacking_stats(texts: Sequence[str], *, correct: Sequence[bool] | None = None
     if has_answer is not None:
         stats["no_answer_fraction"] = 1.0 - float(np.mean(np.asarray(has_answer, np.float64)))
     return {k: stats[k] for k in STAT_NAMES if k in stats}
+
+
+def rollout_stats(rollout: Rollout, scored: dict, rm_kind: str, delimiter: str) -> dict:
+    """Reward-hacking statistics of one rollout batch (host)."""
+    kw = {}
+    if rm_kind == "prm":
+        kw.update(step_scores=np.asarray(scored["step_scores"]), step_mask=rollout.step_mask)
+    else:
+        kw.update(outcome_scores=np.asarray(scored["outcome_scores"]))
+    stats = hacking_stats(rollout.texts, correct=rollout.correct, num_tokens=rollout.lengths,
+                                  finished=rollout.finished, has_answer=rollout.has_answer,
+                                  delimiter=delimiter, **kw)
+    stats["rollout_accuracy"] = stats.pop("accuracy")
+    stats["truncated_steps_fraction"] = float(np.mean(rollout.num_steps > rollout.step_mask.shape[1]))
+    return stats
+
+
+def eval_hacking_stats(rows: Sequence[dict], delimiter: str) -> dict[str, float]:
+    """Reward-hacking statistics of greedy eval responses (samples.jsonl rows)."""
+    return hacking_stats([r["response"] for r in rows], correct=[r["correct"] for r in rows],
+                                 num_tokens=[r.get("num_tokens", 0) for r in rows],
+                                 finished=[r.get("finished", True) for r in rows],
+                                 has_answer=[r.get("answer") is not None for r in rows],
+                                 delimiter=delimiter)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jaxstep.models.config import ModelConfig
 from jaxstep.models.decoder import Decoder
-from jaxstep.rl.logprobs import token_logprobs
+from jaxstep.models.logprobs import token_logprobs
 
 SCORE_INIT_STD = 0.02
 
@@ -36,7 +36,7 @@ class ScalarModel(nn.Module):
     """Decoder hidden states -> Dense(1) [+ weight * step log-likelihood] -> `[batch, time]` float32."""
 
     config: ModelConfig
-    remat: bool = False
+    remat: bool | str = False  # a `decoder.REMAT_POLICIES` name; True/False = full/none
     boundary_ids: tuple[int, ...] = ()  # non-empty: add the likelihood feature (module docstring)
 
     @nn.compact

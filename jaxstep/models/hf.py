@@ -25,24 +25,13 @@ import numpy as np
 from jaxstep.models import keymaps
 from jaxstep.models.config import ModelConfig
 from jaxstep.models.decoder import Decoder
+from jaxstep.data.hub import resolve_path
 
 log = logging.getLogger(__name__)
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_SINGLE = "pytorch_model.bin"
-
-
-def resolve_path(path: str | os.PathLike) -> pathlib.Path:
-    """A local folder as is; otherwise downloads the hub repo `path` (needs network)."""
-    local = pathlib.Path(path).expanduser()
-    if local.exists():
-        return local
-    from huggingface_hub import snapshot_download  # only for hub names
-    log.info("%s is not a local folder; downloading it from the Hugging Face hub", path)
-    return pathlib.Path(snapshot_download(
-        repo_id=str(path),
-        allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]))
 
 
 def load_config(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> ModelConfig:
@@ -124,6 +113,10 @@ def load(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> tuple[
       KeyError / ValueError: a missing or misshapen tensor (names the file and key).
     """
     folder = resolve_path(path)
+    if (folder / "config.json").is_file() and json.loads(
+            (folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "deberta-v2":
+        from jaxstep.models import deberta_hf  # encoder: (DebertaEncoder, params)
+        return deberta_hf.load(folder, dtype, param_dtype)
     config = load_config(folder, dtype, param_dtype)
     keys, get = _tensor_reader(folder)
     return Decoder(config), params_from_tensors(config, keys, get, source=str(folder))

@@ -23,9 +23,19 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxstep.config_lib import DEFAULT_RULES
-
 log = logging.getLogger(__name__)
+
+# The default rules (`config.mesh.rules`): (logical axis name, mesh axis or axes or None).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+)
 
 Rules = tuple[tuple[str, Any], ...]
 BATCH_AXES = ("data", "fsdp")

@@ -13,57 +13,10 @@ Matplotlib runs on the non-interactive Agg backend (no display needed).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """Accuracy of one group of graded items."""
-
-    name: str
-    n: int
-    correct: int
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else float("nan")
-
-
-def _sort_key(value: Any):
-    # Numbers first in numeric order, then strings; None ("unknown") last.
-    if value is None:
-        return (2, "")
-    if isinstance(value, (int, float)):
-        return (0, value)
-    return (1, str(value))
-
-
-def accuracy_by(rows: Iterable[Mapping[str, Any]], key: str | Callable[[Mapping[str, Any]], Any] | None = None,
-                *, correct_key: str = "correct") -> list[Group]:
-    """Accuracy of `rows` (dicts with a boolean `correct_key`) grouped by `key`.
-
-    Args:
-      rows: graded items, e.g. the lines of samples.jsonl.
-      key: a field name, a function of the row, or None for one group "all".
-      correct_key: the field holding the 0/1 or bool verdict.
-
-    Returns:
-      Groups sorted by their key (numbers ascending, then names; None last as "?").
-    """
-    counts: dict[Any, list[int]] = {}
-    for row in rows:
-        if key is None:
-            value = "all"
-        else:
-            value = key(row) if callable(key) else row.get(key)
-        n_correct = counts.setdefault(value, [0, 0])
-        n_correct[0] += 1
-        n_correct[1] += int(bool(row[correct_key]))
-    return [Group("?" if value is None else str(value), n, c)
-            for value, (n, c) in sorted(counts.items(), key=lambda kv: _sort_key(kv[0]))]
+from typing import Any, Mapping, Sequence
+from jaxstep.evaluation.stats import Group
 
 
 def format_accuracy(value: float, digits: int = 1) -> str:

@@ -111,16 +111,3 @@ def score(model, params: dict, kind: str, ids: jax.Array, mask: jax.Array, *,
     if kind == "orm":
         return score_outcome(model, params, ids, mask, positions=positions, probabilities=probabilities)
     raise ValueError(f"unknown reward-model kind {kind!r}; expected one of {KINDS}")
-
-
-def make_scorer(model, kind: str, *, probabilities: bool = True):
-    """A jitted `fn(params, ids, mask, step_ends=None, step_mask=None, offset=0)` for `kind`."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown reward-model kind {kind!r}; expected one of {KINDS}")
-
-    @jax.jit
-    def fn(params, ids, mask, step_ends=None, step_mask=None, offset=0):
-        return score(model, params, kind, ids, mask, step_ends=step_ends, step_mask=step_mask,
-                     offset=offset, probabilities=probabilities)
-
-    return fn

@@ -231,3 +231,10 @@ def shape_rewards(scheme: str, step_scores, step_mask, step_ends, response_lengt
     return jax.vmap(one)(step_scores, jnp.asarray(step_mask), jnp.asarray(step_ends, jnp.int32),
                          jnp.asarray(response_lengths, jnp.int32), success, outcome_scores,
                          response_starts)
+
+
+def reward_model_kind(scheme: str) -> str:
+    """The reward model a scheme needs: "orm" for `orm`, else "prm"."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"ppo.scheme must be one of {tuple(SCHEMES)}, got {scheme!r}")
+    return "orm" if scheme == "orm" else "prm"

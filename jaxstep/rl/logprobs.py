@@ -14,42 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
-
-
-def _shift_right(x: jnp.ndarray) -> jnp.ndarray:
-    """`[batch, time] -> [batch, time]` with out[:, t] = x[:, t-1] and out[:, 0] = 0."""
-    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
-
-
-def token_logprobs(logits: jnp.ndarray, input_ids: jnp.ndarray, *, temperature: float = 1.0,
-                   with_entropy: bool = False):
-    """Log-probability of each token under `logits`.
-
-    Args:
-      logits: `[batch, time, vocab]` (any float dtype; computed in float32). Position t
-        predicts token t+1.
-      input_ids: `[batch, time]` int.
-      temperature: the sampling temperature (logits are divided by it).
-      with_entropy: also return the entropy of each predictive distribution.
-
-    Returns:
-      `[batch, time]` float32 logprobs (aligned: index t is token t, index 0 is 0), and
-      with `with_entropy` also `[batch, time]` float32 entropies aligned the same way.
-    """
-    logits = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        logits = logits / temperature
-    next_ids = jnp.roll(input_ids, -1, axis=1)  # the last column wraps around; shifted out below
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, next_ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    logprobs = _shift_right(picked - lse)
-    if not with_entropy:
-        return logprobs
-    probs = jnp.exp(logits - lse[..., None])
-    entropy = lse - jnp.sum(probs * logits, axis=-1)
-    return logprobs, _shift_right(entropy)
+from jaxstep.models.logprobs import _shift_right, token_logprobs
 
 
 def shift_values(critic_out: jnp.ndarray) -> jnp.ndarray:

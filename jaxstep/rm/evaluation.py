@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -35,8 +34,9 @@ from tqdm.auto import tqdm
 from jaxstep.data import formatting, grading
 from jaxstep.rewards import aggregate as aggregate_lib
 from jaxstep.rewards import scoring
-from jaxstep.train import common
-from jaxstep.train import report as report_lib
+from jaxstep.parallel import placement
+from jaxstep.parallel import mesh as mesh_lib
+from jaxstep.rm.encoding import encode_labeled
 
 PRM_AGGREGATIONS = ("min", "prod", "avg", "max", "last")
 
@@ -166,27 +166,25 @@ def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max
     Returns one array per record: PRM `[num_steps]` step scores (NaN for steps cut off
     by `max_len` or a misaligned row), ORM `[1]` the outcome score.
     """
-    from jaxstep.train.reward_models import encode_labeled  # noqa: PLC0415
 
     if not records:
         return []
     if mesh is None:
-        from jaxstep.parallel import mesh as mesh_lib  # noqa: PLC0415
         mesh = mesh_lib.make_mesh()
-    batch_size = common.round_batch(batch_size, mesh)
-    params = common.place_on_mesh(params, mesh)
-    scorer = common.jit_step(lambda p, ids, mask, ends, smask: scoring.score(
+    batch_size = placement.round_batch(batch_size, mesh)
+    params = placement.place_on_mesh(params, mesh)
+    scorer = placement.jit_step(lambda p, ids, mask, ends, smask: scoring.score(
         model, p, kind, ids, mask, step_ends=ends, step_mask=smask), mesh, donate_argnums=())
     out: list[np.ndarray] = []
     bar = tqdm(total=len(records), desc=desc, unit="sol", dynamic_ncols=True,
-               disable=not common.is_main_process())
+               disable=not placement.is_main_process())
     for start in range(0, len(records), batch_size):
         chunk = list(records[start:start + batch_size])
         pad = batch_size - len(chunk)
         enc = encode_labeled(chunk + chunk[:1] * pad, tokenizer, max_len, kind=kind, delimiter=delimiter)
-        batch = common.shard_batch({"ids": enc["ids"], "mask": enc["mask"], "ends": enc["step_ends"],
+        batch = placement.shard_batch({"ids": enc["ids"], "mask": enc["mask"], "ends": enc["step_ends"],
                                     "smask": enc["step_mask"]}, mesh)
-        scores = np.asarray(common.to_host(scorer(params, batch["ids"], batch["mask"], batch["ends"],
+        scores = np.asarray(placement.to_host(scorer(params, batch["ids"], batch["mask"], batch["ends"],
                                                   batch["smask"])))
         for b, record in enumerate(chunk):
             if kind == "orm":
@@ -364,104 +362,3 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
 
 # ----------------------------------------------------------------------------- report
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "-" if x is None or x != x else f"{x:.{digits}f}"
-
-
-def _acc(x: float, n: int) -> str:
-    if x is None or x != x:
-        return "-"
-    return f"{report_lib.format_accuracy(x)} ± {100 * standard_error(x, n):.1f}"
-
-
-def report_sections(result: dict) -> list[str]:
-    """Markdown sections (tables) of an `evaluate` result."""
-    P, N, ns = result["problems"], result["n"], result["ns"]
-    sections = []
-    rows = []
-    for name, m in result["models"].items():
-        if "step_auc" in m:
-            rows.append([name, "held-out samples", m["sample_steps"], _fmt(m["sample_step_positive"], 2),
-                         _fmt(m["step_auc"]), report_lib.format_accuracy(m["step_accuracy"])])
-        if "records_step_auc" in m:
-            rows.append([name, "held-out records", m["records_steps"], "-", _fmt(m["records_step_auc"]),
-                         report_lib.format_accuracy(m["records_step_accuracy"])])
-    if rows:
-        sections.append("## Step-level\n\n" + report_lib.markdown_table(
-            ["model", "set", "steps", "positive", "step AUC", "step accuracy"], rows))
-    rows = []
-    for name, m in result["models"].items():
-        for how, auc in m.get("outcome_auc", {}).items():
-            rows.append([name, how, _fmt(auc), _fmt(m["within_problem_auc"][how])])
-        if "records_outcome_auc" in m:
-            rows.append([name, "held-out records", _fmt(m["records_outcome_auc"]), "-"])
-    if rows:
-        sections.append("## Outcome AUC (score vs final-answer correctness)\n\n"
-                        + report_lib.markdown_table(["model", "score", "AUC", "within-problem AUC"], rows)
-                        + "\n\nWithin-problem AUC: how often a correct sample outscores a wrong sample "
-                        "of the same problem (what best-of-N relies on).")
-    kinds = list(dict.fromkeys(k for m in result["models"].values() for k in m.get("flaw_detection", {})))
-    if kinds:
-        rows = [[name] + [_fmt(m["flaw_detection"].get(k, float("nan"))) for k in kinds]
-                for name, m in result["models"].items() if "flaw_detection" in m]
-        sections.append("## Flaw detection on minimal pairs\n\n" + report_lib.markdown_table(["model"] + kinds, rows)
-                        + "\n\nEach held-out problem's reference solution against the same solution with one "
-                        "flaw (a wrong result, a wrong operand): how often the "
-                        "reference outscores it at the flawed step (ORM: the outcome score). 0.5 is chance: "
-                        "a reward model near it judges how a problem looks, not whether the step is right.")
-    if P:
-        headers = ["selection"] + [f"best of {n}" for n in ns]
-        rows = []
-        for name, m in result["models"].items():
-            for how, accs in m.get("best_of", {}).items():
-                label = name if how == "orm" else f"{name}-{how}"
-                rows.append([label] + [_acc(accs[n], P) for n in ns])
-        b = result["baselines"]
-        rows.append(["majority vote"] + [_acc(b["majority"][n], P) for n in ns])
-        rows.append(["random pick"] + [_acc(b["random"][n], P) for n in ns])
-        rows.append(["pass@n (oracle)"] + [_acc(b["pass"][n], P) for n in ns])
-        text = (f"## Best-of-N reranking ({P} held-out problems, {N} samples each)\n\n"
-                + report_lib.markdown_table(headers, rows))
-        if "greedy" in b:
-            text += f"\n\nGreedy decoding of the generator: {_acc(b['greedy'], P)}."
-        paired = [f"{name if how == 'orm' else f'{name}-{how}'} {100 * d:+.1f}% ± {100 * se:.1f}%"
-                  for name, m in result["models"].items() for how, (d, se) in m.get("minus_greedy", {}).items()]
-        if paired:
-            text += (f" Best of {N} minus greedy, paired over the same problems: " + "; ".join(paired) + ".")
-        text += "\n\nAccuracy ± its binomial standard error over problems; ties go to the first sample."
-        sections.append(text)
-    return sections
-
-
-def write_report(path: str, result: dict, *, title: str = "Reward model", info: dict | None = None,
-                 metrics_path: str | None = None) -> str:
-    """Writes `report.md` (tables, plus loss/accuracy and best-of-N plots as PNG)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    parts = [f"# {title}"]
-    if info:
-        keep = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}  # lists: per-problem data
-        rows = [[k, _fmt(v) if isinstance(v, float) else v] for k, v in sorted(keep.items())]
-        for k, v in sorted(info.items()):
-            if isinstance(v, dict):
-                rows.extend([[f"{k}.{kk}", _fmt(vv) if isinstance(vv, float) else vv] for kk, vv in v.items()])
-        parts.append("## Data\n\n" + report_lib.markdown_table(["field", "value"], rows))
-    parts.extend(report_sections(result))
-    if metrics_path and os.path.isfile(metrics_path):
-        from jaxstep.metrics import read_metrics  # noqa: PLC0415
-        png = report_lib.plot_metric_curves({"": read_metrics(metrics_path)}, ["loss", "accuracy"],
-                                            os.path.join(folder, "training.png"), title="training")
-        if png:
-            parts.append("## Training\n\n" + report_lib.image_link(png, folder, "training curves"))
-    if result["problems"]:
-        series = {}
-        for name, m in result["models"].items():
-            for how, accs in m.get("best_of", {}).items():
-                series[name if how == "orm" else f"{name}-{how}"] = accs[result["n"]]
-        series["majority"] = result["baselines"]["majority"][result["n"]]
-        series["random"] = result["baselines"]["random"][result["n"]]
-        if "greedy" in result["baselines"]:
-            series["greedy"] = result["baselines"]["greedy"]
-        png = report_lib.plot_accuracy_bars(series, os.path.join(folder, "best_of_n.png"),
-                                            title=f"best of {result['n']}")
-        parts.append(report_lib.image_link(png, folder, "best-of-N accuracy"))
-    return report_lib.write_markdown(path, *parts)

@@ -1,1 +1,1 @@
-"""jaxstep.train."""
+"""jaxstep.train: the one training loop, optimizers, non-finite guards."""

@@ -1,27 +1,13 @@
-"""Shared config sections for the experiment files in `configs/`.
+"""Every config section with its defaults; each field is documented where it is defined.
 
-Every experiment is one ml_collections file in `configs/` whose `get_config(arg)`
-builds on `base_config()` here and overrides what it studies; presets come after a
-colon: `--config=configs/ppo_prm_max.py:paper`. The preset with no name ("" or
-"cpu") runs on a laptop CPU in minutes on built-in synthetic data; `paper` is the
-real-scale experiment. Every field is documented where it is defined.
+`base_config(name, stage)` holds them all (the chain stages read each other's sections);
+the experiment files in `configs/` start from it and override what they study.
 """
 from __future__ import annotations
 
 import ml_collections
 
-# MaxText-style logical-axis rules: (logical axis name, mesh axis or axes or None).
-# Parameters and activations carry logical names; these rules map them to mesh axes.
-DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-)
+from jaxstep.parallel.rules import DEFAULT_RULES
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -188,7 +174,7 @@ def rm_config() -> ml_collections.ConfigDict:
 
 
 def ppo_config() -> ml_collections.ConfigDict:
-    """Stage ppo: PPO on reward-model rewards (defaults from the paper's seeds: KL 0.1,
+    """Stage ppo: PPO on reward-model rewards (defaults from the paper: KL 0.1,
     clip 0.2, eta 0.8). Reward of a response: `alpha * scheme(RM scores) + success_coef *
     success - kl_coef * KL`, token-level (see jaxstep/rewards/shaping.py)."""
     p = ml_collections.ConfigDict()
@@ -286,128 +272,4 @@ def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     c.ppo = ppo_config()
     c.pipeline = pipeline_config()
     c.sweep = sweep_config()
-    return c
-
-
-# ----------------------------------------------------------------------------- experiments
-
-def ppo_experiment(scheme: str, arg: str = "") -> ml_collections.ConfigDict:
-    """The base of every `configs/ppo_<scheme>.py`: the main job (stage `pipeline`: SFT,
-    reward model, PPO with `scheme`, evals, report) for one reward scheme.
-
-    Presets (`arg`):
-      "" or "cpu"  the tiny decoder from scratch on synthetic problems; the whole chain
-                   finishes in under 10 minutes on a 2-core CPU.
-      "paper"      Qwen2-1.5B (`model.hf_path`, a local folder or hub name) fine-tuned on
-                   GSM8K + MATH, PPO on a 1:1 GSM8K/MATH prompt mix, evaluated on GSM8K
-                   test and MATH500. The reward model is `ppo.reward_model` (a folder written
-                   by the orm/prm stage, e.g. a PRM trained on PRM800K or Math-Shepherd
-                   labels); left empty, the chain trains one with Monte-Carlo labels.
-    """
-    preset = arg or "cpu"
-    c = base_config(f"ppo_{scheme}", "pipeline")
-    c.ppo.scheme = scheme
-    c.rm.kind = "orm" if scheme == "orm" else "prm"
-    if preset == "cpu":
-        return _ppo_cpu(c)
-    if preset == "paper":
-        return _ppo_paper(c)
-    raise ValueError(f"configs/ppo_{scheme}.py: unknown preset {arg!r}; expected '' (cpu) or 'paper'")
-
-
-def synthetic_cpu_lengths(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Synthetic prompts are <= 45 tokens and solutions <= 40: shorter rows for every stage."""
-    c.data.max_prompt_len = 48
-    c.data.max_response_len = 64
-    return c
-
-
-def synthetic_prm(c: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
-    """The CPU PRM recipe on synthetic problems (measured on the 500-step SFT policy).
-
-    A scalar head alone learns which problems look hard (flaw detection on minimal pairs
-    ~0.53, best-of-8 below greedy). The likelihood feature lets the head read the
-    backbone's own log-likelihood of each step; the joint next-token loss on correct
-    steps keeps improving that LM; minimal pairs (each train problem's reference and
-    the same solution with a wrong result or operand) put the label on the flawed step
-    itself. 600 steps: PRM-min best-of-8 38.0% vs greedy 30.3% (300 problems).
-    """
-    r = c.rm
-    r.likelihood_feature = True
-    r.lm_loss_weight = 10.0
-    r.references_per_problem = 1.0
-    r.corrupted_per_problem = 1.0
-    r.contrast_problems = c.data.num_train
-    r.corruption_kinds = "arithmetic,operand"
-    r.steps = steps
-    return c
-
-
-def _ppo_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """CPU-minutes preset of the main job (sizes measured on a 2-core CPU)."""
-    synthetic_cpu_lengths(c)
-    synthetic_prm(c, steps=200)  # fewer steps than configs/train_prm.py: the main job has 10 minutes
-    c.ppo.steps = 120
-    c.ppo.rollout_batch = 64
-    c.ppo.minibatches = 2
-    c.ppo.epochs = 1
-    c.ppo.learning_rate = 3e-4
-    c.ppo.critic_learning_rate = 1e-3
-    c.ppo.warmup_steps = 10
-    c.ppo.critic_zero_head = True  # critic = PRM backbone + a value head starting at 0
-    c.ppo.eval_limit = 0  # the pipeline evaluates the final policy on pipeline.eval_limit problems
-    c.pipeline.eval_limit = 2000
-    c.eval.pass_k = 4  # the evals also sample 4 responses per problem at the rollout temperature
-    c.checkpoint.every_steps = 40
-    return c
-
-
-def _ppo_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Real-scale preset: Qwen2-1.5B, GSM8K + MATH, bfloat16, FSDP over all devices."""
-    c.model.hf_path = "Qwen/Qwen2-1.5B"
-    c.model.dtype = "bfloat16"
-    c.data.train_sources = "gsm8k,math"
-    c.data.eval_sources = "gsm8k,math500"
-    c.data.num_train = 0
-    c.data.max_prompt_len = 320
-    c.data.max_response_len = 512
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.sampler.batch_size = 128
-    # SFT (as configs/sft.py:paper).
-    c.sft.steps = 700
-    c.sft.batch_size = 64
-    c.sft.learning_rate = 1e-5
-    c.sft.end_lr_ratio = 0.0
-    c.sft.warmup_steps = 30
-    c.sft.weight_decay = 0.0
-    c.sft.b2 = 0.95
-    c.sft.eval_every = 200
-    c.sft.eval_limit = 100
-    c.sft.log_every = 10
-    # Reward model used when ppo.reward_model is empty: Math-Shepherd-style labels.
-    c.rm.labels = "montecarlo"
-    c.rm.mc_samples = 8
-    c.rm.num_problems = 2000
-    c.rm.steps = 1000
-    c.rm.batch_size = 64
-    c.rm.learning_rate = 1e-5
-    # PPO (the seeds: KL 0.1, clip 0.2, eta 0.8).
-    c.ppo.train_sources = "gsm8k:0.5,math:0.5"
-    c.ppo.steps = 500
-    c.ppo.rollout_batch = 128
-    c.ppo.minibatches = 4
-    c.ppo.epochs = 1
-    c.ppo.learning_rate = 1e-6
-    c.ppo.critic_learning_rate = 5e-6
-    c.ppo.warmup_steps = 10
-    c.ppo.max_steps = 32
-    c.ppo.eval_every = 50
-    c.ppo.eval_limit = 200
-    c.eval.sources = "gsm8k,math500"
-    c.eval.max_new_tokens = 512
-    c.eval.batch_size = 128
-    c.pipeline.eval_limit = 0  # whole test sets
-    c.pipeline.eval_batch_size = 128
-    c.checkpoint.every_steps = 50
     return c

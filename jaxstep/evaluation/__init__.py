@@ -1,0 +1,1 @@
+"""jaxstep.evaluation: policy evals (greedy, pass@k), statistics, reward-hacking statistics."""

@@ -1,0 +1,182 @@
+"""The one generation path: problems -> prompts -> sharded sampler -> host -> text -> grade.
+
+    results = decode_problems(model, params, tokenizer, problems, max_prompt_len=64,
+                              max_new_tokens=96, batch_size=64, mesh=mesh)   # greedy
+    accuracy = np.mean([r.correct for r in results])
+
+Evals, the reward models' samples, Monte-Carlo step labels and PPO rollouts all
+generate through `generate_batch` (one sampler call on one encoded batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxstep.data import Problem, batching, formatting, grading
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.models import sampler
+from jaxstep.parallel import distributed
+from jaxstep.parallel import mesh as mesh_lib
+from jaxstep.parallel import rules as rules_lib
+from jaxstep.parallel.placement import is_main_process, place_on_mesh, round_batch, shard_batch, to_host
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """One generated solution to one problem, graded.
+
+    Attributes:
+      problem: the Problem it answers.
+      sample: index of this sample among the problem's samples (0 for greedy).
+      text: the response text (special tokens dropped, cut at EOS).
+      tokens: the response token ids, without padding (EOS included if emitted).
+      answer: the final answer extracted from `text` (None if it states none).
+      correct: `grading.is_correct(text, problem.answer)`.
+      finished: the response ended with EOS (False: it ran out of tokens).
+    """
+
+    problem: Problem
+    sample: int
+    text: str
+    tokens: tuple[int, ...]
+    answer: str | None
+    correct: bool
+    finished: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """EOS ids that end a response: the tokenizer's and the model config's."""
+    found = [tokenizer_lib.special_ids(tokenizer)["eos"]]
+    config_eos = model.config.eos_token_id
+    found += list(config_eos) if isinstance(config_eos, tuple) else [config_eos]
+    return tuple(dict.fromkeys(int(t) for t in found if t is not None))
+
+
+def grade(problem: Problem, text: str) -> tuple[str | None, bool]:
+    """(extracted answer, correct) of a response to `problem`."""
+    return grading.extract_answer(text), grading.is_correct(text, problem.answer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """One sampler call's output on the host (numpy), all processes alike.
+
+    tokens: int32 `[batch, new]` responses (pad after the end); lengths: int32 `[batch]`
+    (EOS included); logprobs: float32 `[batch, new]` log p(token) under the unscaled
+    model; sampling_logprobs: the same under the sampling distribution (logits /
+    temperature, after top-k/top-p).
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    logprobs: np.ndarray
+    sampling_logprobs: np.ndarray
+
+
+def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key: jax.Array, *,
+                   max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh,
+                   rules=None, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> Generated:
+    """One batch through the KV-cache sampler: shard the prompts over the mesh's data
+    axes, generate, gather to the host.
+
+    Args:
+      prompt_ids, prompt_mask: `[batch, prompt_len]` numpy, the same on every process
+        (each feeds its rows); `batch` must divide over the data axes.
+      key: the sampling key of this batch.
+      the rest: `jaxstep.models.sampler.generate`.
+    """
+    local = distributed.process_shard(np.arange(prompt_ids.shape[0]))
+    inputs = shard_batch({"ids": prompt_ids[local], "mask": prompt_mask[local]}, mesh)
+    with rules_lib.activation_sharding(mesh, rules):
+        out = sampler.generate(
+            model, params, inputs["ids"], inputs["mask"], key, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, eos_id=eos_ids,
+            pad_id=pad_id)
+    host = to_host((out.tokens, out.lengths, out.logprobs, out.sampling_logprobs))
+    return Generated(*(np.asarray(x) for x in host))
+
+
+def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
+                    max_prompt_len: int, max_new_tokens: int, batch_size: int,
+                    greedy: bool = True, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, num_samples: int = 1, key: jax.Array | None = None,
+                    mesh: jax.sharding.Mesh | None = None, rules=None, progress: bool = True,
+                    desc: str = "decode", prefixes: Sequence[str] | None = None) -> list[Decoded]:
+    """Generates `num_samples` responses per problem with the KV-cache sampler and grades them.
+
+    Prompts are left-padded to `max_prompt_len` and decoded `batch_size` at a time
+    (rounded up to the mesh's data-parallel size; the last batch is padded with copies
+    of its first row), so the jitted sampler compiles once. Every process runs this with
+    the same problems and gets the same results.
+
+    Args:
+      model, params: the Decoder and its params.
+      problems: what to solve.
+      greedy: argmax decoding (then `num_samples` is usually 1); otherwise sampling with
+        `temperature`, `top_k` (0 = off), `top_p` (1.0 = off).
+      num_samples: responses per problem (pass@k: k).
+      key: sampling key (default `jax.random.key(0)`); batch i uses `fold_in(key, i)`.
+      mesh: decode with the batch split over its data axes (default: all devices on data).
+      rules: logical-axis rules for the model's activation constraints.
+      prefixes: optional text per problem placed after its prompt (a partial solution,
+        e.g. the first steps for Monte-Carlo step labels); generation continues it,
+        `Decoded.text` is the continuation only and `correct` grades prefix + text.
+
+    Returns:
+      `len(problems) * num_samples` Decoded, problem-major (problem 0's samples first).
+    """
+
+    if not problems:
+        return []
+    mesh = mesh if mesh is not None else mesh_lib.make_mesh()
+    batch_size = round_batch(batch_size, mesh)
+    key = jax.random.key(0) if key is None else key
+    ids = tokenizer_lib.special_ids(tokenizer)
+    eos_ids = stop_token_ids(model, tokenizer)
+    if prefixes is not None and len(prefixes) != len(problems):
+        raise ValueError(f"decode_problems: {len(problems)} problems but {len(prefixes)} prefixes")
+    prefix_of = list(prefixes) if prefixes is not None else [""] * len(problems)
+    rows = [(p, k, prefix_of[i]) for i, p in enumerate(problems) for k in range(num_samples)]
+    results: list[Decoded] = []
+    batches = range(0, len(rows), batch_size)
+    bar = _progress(len(rows), desc, progress)
+    params = place_on_mesh(params, mesh)
+    for i, start in enumerate(batches):
+        chunk = rows[start:start + batch_size]
+        if prefixes is None:
+            encoded = batching.encode_prompts([p for p, _, _ in chunk], tokenizer, max_prompt_len)
+        else:
+            encoded = batching.encode_prompts([formatting.format_prompt(p) + x for p, _, x in chunk],
+                                              tokenizer, max_prompt_len, template="{question}")
+        prompt_ids, prompt_mask = encoded["ids"], encoded["mask"]
+        pad = batch_size - len(chunk)
+        if pad:
+            prompt_ids = np.concatenate([prompt_ids, np.repeat(prompt_ids[:1], pad, 0)])
+            prompt_mask = np.concatenate([prompt_mask, np.repeat(prompt_mask[:1], pad, 0)])
+        out = generate_batch(model, params, prompt_ids, prompt_mask, jax.random.fold_in(key, i),
+                             max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=ids["pad"],
+                             mesh=mesh, rules=rules, greedy=greedy, temperature=temperature,
+                             top_k=top_k, top_p=top_p)
+        for (problem, sample, prefix), row, length in zip(chunk, out.tokens, out.lengths):
+            response = [int(t) for t in row[:int(length)]]
+            finished = bool(response) and response[-1] in eos_ids
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            answer, correct = grade(problem, prefix + text)
+            results.append(Decoded(problem, sample, text, tuple(response), answer, correct, finished))
+        bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="sol", dynamic_ncols=True,
+                disable=not (enabled and is_main_process()))

@@ -1,0 +1,50 @@
+"""Model building from the config: an HF checkpoint, or the tiny decoder from scratch.
+
+    tokenizer = jaxstep.data.tokenizer.resolve_tokenizer(config, path)
+    model, params = build_model(config, tokenizer, path)
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.models import hf
+from jaxstep import models
+
+
+def tiny_model_config(config, tokenizer) -> models.ModelConfig:
+    """The from-scratch decoder of `config.model`, sized to the tokenizer's vocabulary."""
+    m = config.model
+    ids = tokenizer_lib.special_ids(tokenizer)
+    return models.tiny(
+        vocab_size=len(tokenizer), model_type=m.arch, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+        intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=m.tie_word_embeddings, rope_theta=m.rope_theta,
+        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        dtype=m.dtype, param_dtype="float32")
+
+
+def build_model(config, tokenizer, path: str = "", key: jax.Array | None = None):
+    """`(Decoder, params)`: the HF checkpoint at `path` (or `config.model.hf_path`), else
+    the tiny decoder of `config.model` initialised from `key` (default: `config.seed`).
+
+    Params are float32 (training master weights); the model computes in `config.model.dtype`.
+    Raises ValueError when the tokenizer has ids the checkpoint's vocabulary lacks.
+    """
+    path = path or config.model.hf_path
+    if path:
+        model, params = hf.load(path, dtype=jnp.dtype(config.model.dtype), param_dtype=jnp.float32)
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(f"{path}: the model's vocabulary has {model.config.vocab_size} rows but "
+                             f"the tokenizer has {len(tokenizer)} tokens")
+        return model, params
+    model = models.Decoder(tiny_model_config(config, tokenizer))
+    key = jax.random.key(config.seed) if key is None else key
+    return model, models.init_params(model, key)
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

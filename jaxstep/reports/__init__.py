@@ -1,0 +1,1 @@
+"""jaxstep.reports: markdown tables and PNG plots, and each stage's report.md."""
