@@ -31,7 +31,6 @@ Typical loop::
 """
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import signal
@@ -44,99 +43,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxstep import tree_codec
+
 logger = logging.getLogger(__name__)
 
 _STATE = "state"
 _META = "meta"
-_BYTES_TAG = "__bytes_b64__"
 _FORMAT_VERSION = 1
 
 
-# ----------------------------------------------------------------------------- pytree leaves
-
-def _is_prng_key(x) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _key_impl(x):
-    """The PRNG implementation of a typed key array or of its ShapeDtypeStruct."""
-    if isinstance(x, jax.Array):
-        return jax.random.key_impl(x)
-    return getattr(x.dtype, "_impl", None)
-
-
-def _to_savable(tree):
-    """Typed keys -> uint32 key_data; numpy scalars -> 0-d arrays (Orbax rejects both)."""
-    def leaf(x):
-        if _is_prng_key(x):
-            return jax.random.key_data(x)
-        if isinstance(x, np.generic):
-            return np.asarray(x)
-        return x
-    return jax.tree.map(leaf, tree)
-
-
-def _to_restore_target(tree):
-    """Abstract restore target: jax arrays -> ShapeDtypeStruct (with their sharding)."""
-    def leaf(x):
-        if _is_prng_key(x):
-            data = jax.eval_shape(jax.random.key_data, x)
-            sharding = getattr(x, "sharding", None)
-            return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
-        if isinstance(x, jax.Array):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-        if isinstance(x, np.generic):
-            return np.asarray(x)
-        return x
-    return jax.tree.map(leaf, tree)
-
-
-def _from_restored(restored, target):
-    """Undoes `_to_savable` leaf by leaf, guided by the caller's target tree."""
-    def leaf(t, r):
-        if _is_prng_key(t):
-            return jax.random.wrap_key_data(r, impl=_key_impl(t))
-        if isinstance(t, np.generic):
-            return t.dtype.type(np.asarray(r))
-        if isinstance(t, (bool, int, float)) and not isinstance(r, type(t)):
-            return type(t)(np.asarray(r))
-        return r
-    return jax.tree.map(leaf, target, restored)
-
-
 # ----------------------------------------------------------------------------- JSON extras
-
-def _json_encode(obj):
-    """Makes `obj` JSON-safe: bytes -> {"__bytes_b64__": ...}, numpy -> Python."""
-    if isinstance(obj, (bytes, bytearray)):
-        return {_BYTES_TAG: base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, value in obj.items():
-            if not isinstance(key, str):
-                raise TypeError(f"checkpoint extra: JSON keys must be strings, got {key!r}")
-            out[key] = _json_encode(value)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_json_encode(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
-    if obj is None or isinstance(obj, (str, bool, int, float)):
-        return obj
-    raise TypeError(f"checkpoint extra: cannot store {type(obj).__name__} value {obj!r} as JSON")
-
-
-def _json_decode(obj):
-    if isinstance(obj, dict):
-        if set(obj) == {_BYTES_TAG}:
-            return base64.b64decode(obj[_BYTES_TAG])
-        return {k: _json_decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_decode(v) for v in obj]
-    return obj
 
 
 # ----------------------------------------------------------------------------- paths, hosts
@@ -291,9 +207,9 @@ class Checkpointer:
         if not force and not self._manager.should_save(step):
             return False
         meta = {"format_version": _FORMAT_VERSION, "step": step, "saved_at": time.time(),
-                "process_count": jax.process_count(), "extra": _json_encode(dict(extra or {}))}
+                "process_count": jax.process_count(), "extra": tree_codec.json_encode(dict(extra or {}))}
         args = ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(_to_savable(state)),
+            _STATE: ocp.args.StandardSave(tree_codec.to_savable(state)),
             _META: ocp.args.JsonSave(meta),
         })
         return bool(self._manager.save(step, args=args, force=force))
@@ -320,17 +236,17 @@ class Checkpointer:
         if abstract_state is None:
             state_args = ocp.args.StandardRestore()
         else:
-            state_args = ocp.args.StandardRestore(_to_restore_target(abstract_state))
+            state_args = ocp.args.StandardRestore(tree_codec.to_restore_target(abstract_state))
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
             _STATE: state_args, _META: ocp.args.JsonRestore()}))
         state = restored[_STATE]
         if abstract_state is not None:
-            state = _from_restored(state, abstract_state)
+            state = tree_codec.from_restored(state, abstract_state)
         meta = restored[_META]
         if not isinstance(meta, dict) or "extra" not in meta:
             raise ValueError(f"{self.directory}/{step}/{_META}: not a jaxstep checkpoint "
                              f"metadata record (got {type(meta).__name__})")
-        return state, _json_decode(meta["extra"])
+        return state, tree_codec.json_decode(meta["extra"])
 
     def restore_to_host(self, step: int) -> tuple[Any, dict]:
         """Restores checkpoint `step` as host numpy arrays -> (state, extra), whatever
@@ -444,7 +360,7 @@ def save_pytree(path, tree: Any, *, overwrite: bool = False) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, _to_savable(tree), force=overwrite)
+        checkpointer.save(path, tree_codec.to_savable(tree), force=overwrite)
         checkpointer.wait_until_finished()
 
 
@@ -456,8 +372,8 @@ def load_pytree(path, target: Any = None) -> Any:
     with ocp.StandardCheckpointer() as checkpointer:
         if target is None:
             return checkpointer.restore(path)
-        restored = checkpointer.restore(path, _to_restore_target(target))
-    return _from_restored(restored, target)
+        restored = checkpointer.restore(path, tree_codec.to_restore_target(target))
+    return tree_codec.from_restored(restored, target)
 
 
 def abstract_like(tree: Any, sharding_fn: Callable[[Any], Any] | None = None) -> Any:

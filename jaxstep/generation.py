@@ -37,6 +37,7 @@ class Decoded:
       answer: the final answer extracted from `text` (None if it states none).
       correct: `grading.is_correct(text, problem.answer)`.
       finished: the response ended with EOS (False: it ran out of tokens).
+      prompt_truncated: the prompt lost its first tokens to `max_prompt_len`.
     """
 
     problem: Problem
@@ -46,6 +47,7 @@ class Decoded:
     answer: str | None
     correct: bool
     finished: bool
+    prompt_truncated: bool = False  # the prompt was longer than max_prompt_len (cut on the left)
 
     @property
     def num_tokens(self) -> int:
@@ -110,7 +112,8 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
                     greedy: bool = True, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, num_samples: int = 1, key: jax.Array | None = None,
                     mesh: jax.sharding.Mesh | None = None, rules=None, progress: bool = True,
-                    desc: str = "decode", prefixes: Sequence[str] | None = None) -> list[Decoded]:
+                    desc: str = "decode", prefixes: Sequence[str] | None = None,
+                    template: str = formatting.PROMPT_TEMPLATE) -> list[Decoded]:
     """Generates `num_samples` responses per problem with the KV-cache sampler and grades them.
 
     Prompts are left-padded to `max_prompt_len` and decoded `batch_size` at a time
@@ -130,6 +133,7 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
       prefixes: optional text per problem placed after its prompt (a partial solution,
         e.g. the first steps for Monte-Carlo step labels); generation continues it,
         `Decoded.text` is the continuation only and `correct` grades prefix + text.
+      template: the prompt template (`formatting.config_template(config)`).
 
     Returns:
       `len(problems) * num_samples` Decoded, problem-major (problem 0's samples first).
@@ -153,9 +157,11 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
     for i, start in enumerate(batches):
         chunk = rows[start:start + batch_size]
         if prefixes is None:
-            encoded = batching.encode_prompts([p for p, _, _ in chunk], tokenizer, max_prompt_len)
+            encoded = batching.encode_prompts([p for p, _, _ in chunk], tokenizer, max_prompt_len,
+                                              template=template)
         else:
-            encoded = batching.encode_prompts([formatting.format_prompt(p) + x for p, _, x in chunk],
+            texts = formatting.format_prompts([p for p, _, _ in chunk], template, tokenizer)
+            encoded = batching.encode_prompts([t + x for t, (_, _, x) in zip(texts, chunk)],
                                               tokenizer, max_prompt_len, template="{question}")
         prompt_ids, prompt_mask = encoded["ids"], encoded["mask"]
         pad = batch_size - len(chunk)
@@ -166,12 +172,14 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
                              max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=ids["pad"],
                              mesh=mesh, rules=rules, greedy=greedy, temperature=temperature,
                              top_k=top_k, top_p=top_p)
-        for (problem, sample, prefix), row, length in zip(chunk, out.tokens, out.lengths):
+        for (problem, sample, prefix), row, length, cut in zip(chunk, out.tokens, out.lengths,
+                                                               encoded["truncated"]):
             response = [int(t) for t in row[:int(length)]]
             finished = bool(response) and response[-1] in eos_ids
             text = tokenizer.decode(response, skip_special_tokens=True)
             answer, correct = grade(problem, prefix + text)
-            results.append(Decoded(problem, sample, text, tuple(response), answer, correct, finished))
+            results.append(Decoded(problem, sample, text, tuple(response), answer, correct, finished,
+                                   bool(cut)))
         bar.update(len(chunk))
     bar.close()
     return results

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from jaxstep.data import batching, formatting, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.data import step_checks
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_encode_sft_truncation_and_custom_solutions(tok, problems):
     assert cut["truncated"][0] and cut["ids"].shape == (1, n - 3)
     assert (cut["step_ends"][0][cut["step_mask"][0]] < n - 3).all()
     assert cut["num_steps"][0] < full["num_steps"][0]
-    bad = synthetic.corrupt(p, 0, kind="arithmetic")
+    bad = step_checks.corrupt(p, 0, kind="arithmetic")
     text = formatting.render_solution(bad.steps, bad.answer)
     custom = batching.encode_sft([p], tok, 256, solutions=[text])
     assert tok.decode(custom["ids"][0][custom["loss_mask"][0]], skip_special_tokens=True) == text

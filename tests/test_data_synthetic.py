@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxstep.data import formatting, grading, load, synthetic
+from jaxstep.data import step_checks
 
 
 # ---------------------------------------------------------------- an independent evaluator
@@ -116,8 +117,8 @@ def test_problems_follow_the_gsm8k_format_and_knobs():
 
 def test_reference_steps_are_all_correct_and_values_distinct():
     for p in synthetic.generate(500, seed=2):
-        assert synthetic.label_steps(p, p.steps) == [True] * len(p.steps)
-        assert synthetic.label_steps(p, p.steps, rule="reference") == [True] * len(p.steps)
+        assert step_checks.label_steps(p, p.steps) == [True] * len(p.steps)
+        assert step_checks.label_steps(p, p.steps, rule="reference") == [True] * len(p.steps)
         assert independent_labels(p.question, p.steps, p.answer) == [True] * len(p.steps)
 
 
@@ -129,7 +130,7 @@ def test_step_labels_match_an_independent_evaluator():
         for _ in range(5):
             steps = random_solution(p, rng)
             expected = independent_labels(p.question, steps, p.answer)
-            assert synthetic.label_steps(p, steps) == expected, (p, steps)
+            assert step_checks.label_steps(p, steps) == expected, (p, steps)
             for label in expected:
                 seen[label] += 1
     assert seen[True] > 300 and seen[False] > 300  # both classes well exercised
@@ -138,13 +139,13 @@ def test_step_labels_match_an_independent_evaluator():
 def test_step_label_edge_cases():
     p = synthetic.generate(1, seed=4, templates=("chain",), min_steps=2, max_steps=2)[0]
     first, second = p.steps
-    assert synthetic.label_steps(p, []) == []
-    assert synthetic.label_steps(p, ["Ann has no idea."]) == [False]
-    assert synthetic.label_steps(p, [second]) == [False]  # uses a value not yet computed
-    assert synthetic.label_steps(p, [first, first, second]) == [True, True, True]
-    assert synthetic.label_steps(p, [first, second, f"#### {p.answer}", "#### 0"]) == [True, True, True, False]
+    assert step_checks.label_steps(p, []) == []
+    assert step_checks.label_steps(p, ["Ann has no idea."]) == [False]
+    assert step_checks.label_steps(p, [second]) == [False]  # uses a value not yet computed
+    assert step_checks.label_steps(p, [first, first, second]) == [True, True, True]
+    assert step_checks.label_steps(p, [first, second, f"#### {p.answer}", "#### 0"]) == [True, True, True, False]
     with pytest.raises(ValueError, match="rule"):
-        synthetic.label_steps(p, [first], rule="nope")
+        step_checks.label_steps(p, [first], rule="nope")
 
 
 def test_train_and_test_never_overlap():
@@ -159,20 +160,20 @@ def test_train_and_test_never_overlap():
     assert all(p.id.startswith("synthetic/train/") for p in train)
 
 
-@pytest.mark.parametrize("kind", synthetic.KINDS)
+@pytest.mark.parametrize("kind", step_checks.KINDS)
 def test_corruptions(kind):
     problems = synthetic.generate(150, seed=5)
     made = caught = 0
     for i, p in enumerate(problems):
         try:
-            bad = synthetic.corrupt(p, jax.random.key(i), kind=kind)
+            bad = step_checks.corrupt(p, jax.random.key(i), kind=kind)
         except ValueError:
             assert kind == "skip"  # e.g. 7 + 3 = 10 then 10 / 3: skipping leaves 7 / 3
             continue
         made += 1
         assert bad.kind == kind
         assert list(bad.labels) == independent_labels(p.question, bad.steps, p.answer)
-        assert bad.labels == tuple(synthetic.label_steps(p, bad.steps))
+        assert bad.labels == tuple(step_checks.label_steps(p, bad.steps))
         final = formatting.render_solution(bad.steps, bad.answer)
         assert grading.is_correct(final, p.answer) == bad.answer_correct
         if kind in ("arithmetic", "operand"):
@@ -182,14 +183,14 @@ def test_corruptions(kind):
             assert len(bad.steps) == len(p.steps) - 1 and not bad.answer_correct
             # Under the reference rule the continuation from a stale value is wrong
             # (unless two reference steps are the same computation).
-            caught += not all(synthetic.label_steps(p, bad.steps, rule="reference"))
+            caught += not all(step_checks.label_steps(p, bad.steps, rule="reference"))
         else:
             assert len(bad.steps) == len(p.steps) + 1 and bad.answer_correct and all(bad.labels)
     assert made >= 120
     if kind == "skip":
         assert caught >= 0.95 * made
-    assert synthetic.corrupt(problems[0], 9, kind=None).kind in synthetic.KINDS
-    same = synthetic.corrupt(problems[1], jax.random.key(1)), synthetic.corrupt(problems[1], jax.random.key(1))
+    assert step_checks.corrupt(problems[0], 9, kind=None).kind in step_checks.KINDS
+    same = step_checks.corrupt(problems[1], jax.random.key(1)), step_checks.corrupt(problems[1], jax.random.key(1))
     assert same[0] == same[1]
 
 

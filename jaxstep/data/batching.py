@@ -60,6 +60,17 @@ def _encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
+def _encode_prompt_texts(tokenizer, texts: list[str]) -> list[tuple[str, list[int]]]:
+    return list(zip(texts, _encode_texts(tokenizer, texts)))
+
+
+def _bos_for(text: str, bos: list[int], tokenizer, template: str) -> list[int]:
+    """`bos`, or none when a chat-template prompt already starts with the BOS token."""
+    bos_token = getattr(tokenizer, "bos_token", None)
+    chat_bos = template == formatting.CHAT and bos_token and text.startswith(bos_token)
+    return [] if bos and chat_bos else bos
+
+
 def encode_prompts(problems: Sequence[Problem | str], tokenizer, max_len: int, *,
                    template: str = formatting.PROMPT_TEMPLATE,
                    buckets: Sequence[int] | str | None = None, add_bos: bool = True) -> dict[str, np.ndarray]:
@@ -67,8 +78,11 @@ def encode_prompts(problems: Sequence[Problem | str], tokenizer, max_len: int, *
 
     Args:
       problems: Problems or question strings (both formatted with `template`).
+      template: a `str.format` template with `{question}`, or `formatting.CHAT` for the
+        tokenizer's chat template (`formatting.prompt_template(config.data.prompt_template)`).
       tokenizer: a transformers tokenizer.
-      max_len: P, the prompt length; longer prompts lose their first tokens.
+      max_len: P, the prompt length; longer prompts lose their first tokens
+        (`truncated`; `int(truncated.sum())` is the number cut).
       buckets: None (default: always P = max_len), "auto" or explicit sizes.
       add_bos: prepend the tokenizer's BOS token if it has one.
 
@@ -78,7 +92,8 @@ def encode_prompts(problems: Sequence[Problem | str], tokenizer, max_len: int, *
     """
     ids_of = special_ids(tokenizer)
     bos = [ids_of["bos"]] if add_bos and ids_of["bos"] is not None else []
-    rows = [bos + ids for ids in _encode_texts(tokenizer, [formatting.format_prompt(p, template) for p in problems])]
+    rows = [_bos_for(text, bos, tokenizer, template) + ids for text, ids in
+            _encode_prompt_texts(tokenizer, formatting.format_prompts(problems, template, tokenizer))]
     truncated = np.array([len(r) > max_len for r in rows], dtype=bool)
     rows = [r[-max_len:] for r in rows]
     width = bucket_length(max((len(r) for r in rows), default=1), max_len, buckets)
@@ -127,12 +142,13 @@ def encode_sft(problems: Sequence[Problem], tokenizer, max_len: int, *,
     ids_of = special_ids(tokenizer)
     bos = [ids_of["bos"]] if add_bos and ids_of["bos"] is not None else []
     eos = [ids_of["eos"]] if add_eos and ids_of["eos"] is not None else []
-    prompts = _encode_texts(tokenizer, [formatting.format_prompt(p, template) for p in problems])
+    prompts = _encode_prompt_texts(tokenizer, formatting.format_prompts(problems, template, tokenizer))
     answers = _encode_texts(tokenizer, list(solutions))
     rows, prompt_lens, ends_per_row = [], [], []
-    for prompt, answer in zip(prompts, answers):
-        start = len(bos) + len(prompt)
-        rows.append(bos + prompt + answer + eos)
+    for (text, prompt), answer in zip(prompts, answers):
+        row_bos = _bos_for(text, bos, tokenizer, template)
+        start = len(row_bos) + len(prompt)
+        rows.append(row_bos + prompt + answer + eos)
         prompt_lens.append(start)
         ends_per_row.append([start + e for e in step_ends_from_tokens(answer, tokenizer, delimiter)])
     truncated = np.array([len(r) > max_len for r in rows], dtype=bool)

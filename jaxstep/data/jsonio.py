@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any, Iterator
 
+from jaxstep import paths
 from jaxstep.data.problem import DataError, ErrorPolicy
 
 JsonRecord = dict[str, Any]
@@ -19,7 +20,7 @@ def iter_records(path: str | os.PathLike, policy: ErrorPolicy) -> Iterator[tuple
     """Yields (line, record) for every JSON object in a file; bad ones go to `policy`."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with paths.open(path, "rb") as f:  # local paths and URLs
             raw = f.read()
     except OSError as e:
         raise DataError(path, None, f"cannot read file: {e.strerror or e}") from e

@@ -2,6 +2,10 @@
 
     problems = load_problems(config, "gsm8k:0.5,math:0.5", "train")   # a shuffled 1:1 mix
     problems = eval_problems(config, limit=100)                       # first eval source, test split
+    skipped_count(problems)                   # unusable records the readers skipped (for summaries)
+
+Every function returns a `jaxstep.data.problem.Records` list whose `.skipped` counts
+the records its readers skipped (summed over the sources of a mix).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxstep.data.problem import Problem
+from jaxstep.data.problem import DataError, Problem, Records
 from jaxstep.data.readers import load as load_source
 
 
@@ -57,7 +61,12 @@ def parse_sources(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def load_source_problems(config, source: str, split: str, limit: int | None = None) -> list[Problem]:
+def skipped_count(*problem_lists) -> int:
+    """Records skipped while reading the given lists (their `.skipped`; 0 for a plain list)."""
+    return int(sum(getattr(p, "skipped", 0) for p in problem_lists))
+
+
+def load_source_problems(config, source: str, split: str, limit: int | None = None) -> Records:
     """Problems of one source and split. Synthetic: `limit` problems (default
     `data.num_train` for train, `data.num_eval` otherwise) with the config's knobs;
     real sets: the first `limit` (None or 0 = all)."""
@@ -65,10 +74,13 @@ def load_source_problems(config, source: str, split: str, limit: int | None = No
     if source == "synthetic":
         n = limit if limit else (d.num_train if split == "train" else d.num_eval)
         seed = config.seed if split == "train" else EVAL_SEED
-        return list(load_source("synthetic", split, limit=n, seed=seed, **synthetic_difficulty(config)))
+        return Records(load_source("synthetic", split, limit=n, seed=seed, **synthetic_difficulty(config)))
     kw = {"data_dir": d.data_dir} if d.data_dir and source in ("gsm8k", "math", "math500") else {}
-    return list(load_source(source, split, limit=limit or None,
-                            skip_bad_records=d.skip_bad_records, **kw))
+    records = load_source(source, split, limit=limit or None, skip_bad_records=d.skip_bad_records, **kw)
+    if not records:  # an empty file, or every record skipped: never run on zero problems
+        raise DataError(source, None, f"no problems in split {split!r} (an empty file or folder, "
+                        f"or all {skipped_count(records)} records skipped as bad or unusable)")
+    return Records(records, skipped=skipped_count(records))
 
 
 def mix(groups: Sequence[Sequence[Problem]], weights: Sequence[float], key: jax.Array,
@@ -98,7 +110,7 @@ def mix(groups: Sequence[Sequence[Problem]], weights: Sequence[float], key: jax.
 
 
 def load_problems(config, sources: str, split: str, *, limit: int | None = None,
-                  key: jax.Array | None = None) -> list[Problem]:
+                  key: jax.Array | None = None) -> Records:
     """Problems of a comma list of sources `"name[:weight],..."` for one split.
 
     One source: its problems (`limit` as in `load_source_problems`). Several: without
@@ -111,16 +123,17 @@ def load_problems(config, sources: str, split: str, *, limit: int | None = None,
     weighted = any(w != 1.0 for _, w in parsed)
     groups = [load_source_problems(config, name, split, None if weighted else limit)
               for name, _ in parsed]
+    skipped = skipped_count(*groups)
     if not weighted:
-        return [p for g in groups for p in g]
+        return Records([p for g in groups for p in g], skipped=skipped)
     key = jax.random.fold_in(jax.random.key(config.seed), 17) if key is None else key
-    return mix(groups, [w for _, w in parsed], key, total=limit or None)
+    return Records(mix(groups, [w for _, w in parsed], key, total=limit or None), skipped=skipped)
 
 
-def eval_problems(config, limit: int) -> list[Problem]:
+def eval_problems(config, limit: int) -> Records:
     """The first `limit` test problems of the first `data.eval_sources` source (the
     periodic evals of the training stages); `limit <= 0` gives none."""
     if limit <= 0:
-        return []
+        return Records()
     source = parse_sources(config.data.eval_sources)[0][0]
     return load_source_problems(config, source, "test", limit)

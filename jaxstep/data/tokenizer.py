@@ -15,6 +15,7 @@ Training is deterministic: the same corpus and vocab size give the same tokenize
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import string
 from typing import TYPE_CHECKING, Any, Iterable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from jaxstep import paths
 from jaxstep.data.hub import resolve_path
 from jaxstep.data.sources import synthetic_difficulty
 from jaxstep.data import formatting, synthetic
@@ -96,8 +98,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """A tokenizer from a tokenizer.json file or an HF tokenizer/model folder (local files only)."""
     path = os.fspath(path)
     if os.path.isfile(path):
-        tok = as_hf(tokenizers.Tokenizer.from_file(path))
-        return tok
+        with _naming(path):
+            return as_hf(tokenizers.Tokenizer.from_file(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer {path!r}: no such file or folder")
     if os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
@@ -106,10 +108,22 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         # from the vocabulary alone, losing our Metaspace/digit pre-tokenizer.
         from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
-        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        with _naming(os.path.join(path, TOKENIZER_FILE)):
+            return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with _naming(path):
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@contextlib.contextmanager
+def _naming(path: str):
+    """Re-raises a tokenizer-loading failure as a ValueError naming `path`."""
+    try:
+        yield
+    except Exception as e:  # tokenizers/transformers raise many types for a bad file
+        raise ValueError(f"{path}: not a readable tokenizer ({type(e).__name__}: {e}); "
+                         "re-download or re-export it") from e
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -140,9 +154,10 @@ def resolve_tokenizer(config, model_path: str = ""):
     else the tiny BPE trained on `config.data.num_train` synthetic train problems
     (deterministic in the seed and the data knobs, so every stage rebuilds the same one).
     """
-    spec = config.data.tokenizer
+    spec = paths.local_copy(config.data.tokenizer)  # a URL is downloaded once
     if spec:
         return _load_tokenizer(spec)
+    model_path = paths.local_copy(model_path)
     if model_path:
         if has_tokenizer(model_path):
             return load_tokenizer_folder(model_path)
@@ -164,7 +179,8 @@ def load_tokenizer_folder(folder: str):
     folder = os.fspath(folder)
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (slow import)
-        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        with _naming(os.path.join(folder, TOKENIZER_FILE)):
+            return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     return load_tokenizer(folder)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.models import hf
-from jaxstep import models
+from jaxstep import models, paths
 
 
 def tiny_model_config(config, tokenizer) -> models.ModelConfig:
@@ -27,23 +27,36 @@ def tiny_model_config(config, tokenizer) -> models.ModelConfig:
         dtype=m.dtype, param_dtype="float32")
 
 
+def remat_of(config) -> str:
+    """`config.model.remat` ("none" when the field is absent)."""
+    return config.model.get("remat", "none") or "none"
+
+
+def with_remat(model, config):
+    """`model` (a Decoder or ScalarModel) with `config.model.remat`; the same object when
+    that is "none"."""
+    remat = remat_of(config)
+    return model if remat == "none" else model.clone(remat=remat)
+
+
 def build_model(config, tokenizer, path: str = "", key: jax.Array | None = None):
     """`(Decoder, params)`: the HF checkpoint at `path` (or `config.model.hf_path`), else
     the tiny decoder of `config.model` initialised from `key` (default: `config.seed`).
 
-    Params are float32 (training master weights); the model computes in `config.model.dtype`.
+    Params are float32 (training master weights); the model computes in `config.model.dtype`
+    and rematerialises its layers per `config.model.remat` (`with_remat`).
     Raises ValueError when the tokenizer has ids the checkpoint's vocabulary lacks.
     """
-    path = path or config.model.hf_path
+    path = paths.local_copy(path or config.model.hf_path)  # a URL is downloaded once
     if path:
         model, params = hf.load(path, dtype=jnp.dtype(config.model.dtype), param_dtype=jnp.float32)
         if len(tokenizer) > model.config.vocab_size:
             raise ValueError(f"{path}: the model's vocabulary has {model.config.vocab_size} rows but "
                              f"the tokenizer has {len(tokenizer)} tokens")
-        return model, params
+        return with_remat(model, config), params
     model = models.Decoder(tiny_model_config(config, tokenizer))
     key = jax.random.key(config.seed) if key is None else key
-    return model, models.init_params(model, key)
+    return with_remat(model, config), models.init_params(model, key)
 
 
 def count_params(params) -> int:

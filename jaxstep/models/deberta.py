@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstep.models.config import UnsupportedModelError
-from jaxstep.models.decoder import LayerNorm, Linear
+from jaxstep.models.layers import LayerNorm, Linear
 
 Array = jax.Array
 MODEL_TYPE = "deberta-v2"

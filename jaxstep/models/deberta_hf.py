@@ -26,6 +26,9 @@ import numpy as np
 
 from jaxstep.models import keymaps
 from jaxstep.models.deberta import MODEL_TYPE, DebertaConfig, DebertaEncoder
+from jaxstep.data.hub import resolve_path
+from jaxstep.models.hf_files import SAFE_INDEX, SAFE_SINGLE, get_path, read_config_json, save_tokenizer, set_path, tensor_reader
+from jaxstep.models.params import abstract_params
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,7 @@ def load_config(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) ->
     config_file = pathlib.Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not found (expected an HF model folder).")
-    with open(config_file, encoding="utf-8") as f:
-        config = DebertaConfig.from_hf_dict(json.load(f), source=str(config_file))
+    config = DebertaConfig.from_hf_dict(read_config_json(config_file), source=str(config_file))
     return config.replace(dtype=jnp.dtype(dtype).name,
                           param_dtype=jnp.dtype(param_dtype or dtype).name)
 
@@ -106,9 +108,6 @@ def load_config(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) ->
 def params_from_tensors(config: DebertaConfig, keys, get, source: str = "checkpoint") -> dict:
     """Our params from HF tensors: `keys` (HF names, with or without `deberta.`) and
     `get(key) -> np.ndarray`. Errors name `source` and the offending key."""
-    from jaxstep.models import abstract_params
-    from jaxstep.models.hf import _get, _set
-
     shapes = abstract_params(DebertaEncoder(config))
     available: dict[str, str] = {}
     for key in keys:
@@ -125,10 +124,10 @@ def params_from_tensors(config: DebertaConfig, keys, get, source: str = "checkpo
                            f"the checkpoint (model_type={MODEL_TYPE}).")
         raw = np.asarray(get(available[hf_key]))
         try:
-            value = keymaps.to_ours(raw, kind, _get(shapes, our_path).shape)
+            value = keymaps.to_ours(raw, kind, get_path(shapes, our_path).shape)
         except ValueError as e:
             raise ValueError(f"{source}: tensor {available[hf_key]!r}: {e}") from None
-        _set(params, our_path, jnp.asarray(value.astype(np_dtype)))
+        set_path(params, our_path, jnp.asarray(value.astype(np_dtype)))
         used.add(hf_key)
     unused = [available[k] for k in available if k not in used
               and not k.startswith(IGNORED_PREFIXES)
@@ -148,11 +147,9 @@ def load(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> tuple[
       dtype: compute dtype of the returned model.
       param_dtype: dtype the params are stored in (default: `dtype`).
     """
-    from jaxstep.models.hf import _tensor_reader, resolve_path
-
     folder = resolve_path(path)
     config = load_config(folder, dtype, param_dtype)
-    keys, get = _tensor_reader(folder)
+    keys, get = tensor_reader(folder)
     return DebertaEncoder(config), params_from_tensors(config, keys, get, source=str(folder))
 
 
@@ -171,15 +168,13 @@ def save(path: str | os.PathLike, model: DebertaEncoder | DebertaConfig, params:
     """
     from safetensors.numpy import save_file
 
-    from jaxstep.models.hf import SAFE_INDEX, SAFE_SINGLE, _get, save_tokenizer
-
     config = model if isinstance(model, DebertaConfig) else model.config
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     np_dtype = np.dtype(config.params_dtype)
     tensors: dict[str, np.ndarray] = {}
     for hf_key, our_path, kind in key_map(config):
-        value = np.asarray(jax.device_get(_get(params, our_path))).astype(np_dtype)
+        value = np.asarray(jax.device_get(get_path(params, our_path))).astype(np_dtype)
         tensors[hf_key] = keymaps.to_hf(value, kind)
     if config.rel_norm and not config.relative_attention:
         # transformers creates this (unused) LayerNorm anyway; write its identity values.

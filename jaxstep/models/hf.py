@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +25,12 @@ from jaxstep.models import keymaps
 from jaxstep.models.config import ModelConfig
 from jaxstep.models.decoder import Decoder
 from jaxstep.data.hub import resolve_path
+from jaxstep.models import deberta_hf
+from jaxstep.models.hf_files import (SAFE_INDEX, SAFE_SINGLE, get_path, read_config_json,
+                                     save_tokenizer, set_path, tensor_reader)
+from jaxstep.models.params import abstract_params
 
 log = logging.getLogger(__name__)
-
-SAFE_SINGLE = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
-TORCH_SINGLE = "pytorch_model.bin"
 
 
 def load_config(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> ModelConfig:
@@ -40,63 +39,9 @@ def load_config(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) ->
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not found (expected an HF model folder).")
-    with open(config_file, encoding="utf-8") as f:
-        d = json.load(f)
-    config = ModelConfig.from_hf_dict(d, source=str(config_file))
+    config = ModelConfig.from_hf_dict(read_config_json(config_file), source=str(config_file))
     return config.replace(dtype=jnp.dtype(dtype).name,
                           param_dtype=jnp.dtype(param_dtype or dtype).name)
-
-
-def _tensor_reader(folder: pathlib.Path):
-    """Returns (keys, get(key) -> np.ndarray) over the folder's checkpoint files."""
-    from safetensors import safe_open
-
-    index_file, single = folder / SAFE_INDEX, folder / SAFE_SINGLE
-    if index_file.is_file():
-        with open(index_file, encoding="utf-8") as f:
-            weight_map: dict[str, str] = json.load(f)["weight_map"]
-    elif single.is_file():
-        with safe_open(str(single), framework="numpy") as f:
-            weight_map = {k: SAFE_SINGLE for k in f.keys()}
-    elif (folder / TORCH_SINGLE).is_file():
-        return _torch_reader(folder / TORCH_SINGLE)
-    else:
-        raise FileNotFoundError(
-            f"{folder}: no {SAFE_SINGLE}, {SAFE_INDEX} or {TORCH_SINGLE} found.")
-    handles: dict[str, Any] = {}
-
-    def get(key: str) -> np.ndarray:
-        name = weight_map[key]
-        if name not in handles:
-            file = folder / name
-            if not file.is_file():
-                raise FileNotFoundError(f"{file}: listed in {SAFE_INDEX} for {key!r} but missing.")
-            handles[name] = safe_open(str(file), framework="numpy")
-        return handles[name].get_tensor(key)
-
-    return list(weight_map), get
-
-
-def _torch_reader(file: pathlib.Path):
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{file}: reading .bin checkpoints needs torch; convert the "
-                          "checkpoint to safetensors or install torch.") from e
-    state = torch.load(str(file), map_location="cpu", weights_only=True)
-    return list(state), lambda key: state[key].float().numpy()
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple[str, ...]):
-    for name in path:
-        tree = tree[name]
-    return tree
 
 
 def load(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> tuple[Decoder, dict]:
@@ -113,12 +58,11 @@ def load(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> tuple[
       KeyError / ValueError: a missing or misshapen tensor (names the file and key).
     """
     folder = resolve_path(path)
-    if (folder / "config.json").is_file() and json.loads(
-            (folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "deberta-v2":
-        from jaxstep.models import deberta_hf  # encoder: (DebertaEncoder, params)
+    if (folder / "config.json").is_file() and read_config_json(
+            folder / "config.json")["model_type"] == "deberta-v2":
         return deberta_hf.load(folder, dtype, param_dtype)
     config = load_config(folder, dtype, param_dtype)
-    keys, get = _tensor_reader(folder)
+    keys, get = tensor_reader(folder)
     return Decoder(config), params_from_tensors(config, keys, get, source=str(folder))
 
 
@@ -128,8 +72,6 @@ def params_from_tensors(config: ModelConfig, keys, get, source: str = "checkpoin
     `params_from_tensors(cfg, sd.keys(), lambda k: sd[k].numpy())` converts a PyTorch
     state dict. Errors name `source` and the offending key.
     """
-    from jaxstep.models import abstract_params
-
     shapes = abstract_params(config)
     available = {keymaps.canonical_hf_key(k, config): k for k in keys}
     np_dtype = np.dtype(config.params_dtype)
@@ -141,10 +83,10 @@ def params_from_tensors(config: ModelConfig, keys, get, source: str = "checkpoin
                            f"(model_type={config.model_type}).")
         raw = np.asarray(get(available[hf_key]))
         try:
-            value = keymaps.to_ours(raw, kind, _get(shapes, our_path).shape)
+            value = keymaps.to_ours(raw, kind, get_path(shapes, our_path).shape)
         except ValueError as e:
             raise ValueError(f"{source}: tensor {hf_key!r}: {e}") from None
-        _set(params, our_path, jnp.asarray(value.astype(np_dtype)))
+        set_path(params, our_path, jnp.asarray(value.astype(np_dtype)))
         used.add(hf_key)
     unused = [k for k in available if k not in used
               and not k.endswith(keymaps.IGNORED_SUFFIXES) and k != "lm_head.weight"]
@@ -174,7 +116,7 @@ def save(path: str | os.PathLike, model: Decoder | ModelConfig, params: dict, to
     np_dtype = np.dtype(config.params_dtype)
     tensors: dict[str, np.ndarray] = {}
     for hf_key, our_path, kind in keymaps.key_map(config):
-        value = np.asarray(jax.device_get(_get(params, our_path))).astype(np_dtype)
+        value = np.asarray(jax.device_get(get_path(params, our_path))).astype(np_dtype)
         tensors[hf_key] = keymaps.to_hf(value, kind)
     with open(folder / "config.json", "w", encoding="utf-8") as f:
         json.dump(config.to_hf_dict(), f, indent=2)
@@ -205,22 +147,3 @@ def save(path: str | os.PathLike, model: Decoder | ModelConfig, params: dict, to
         save_tokenizer(folder, tokenizer, config)
     return folder
 
-
-def save_tokenizer(folder: str | os.PathLike, tokenizer, config: ModelConfig | None = None) -> None:
-    """Saves a `tokenizers.Tokenizer` (wrapped as a fast tokenizer) or a transformers one."""
-    import tokenizers
-
-    if isinstance(tokenizer, tokenizers.Tokenizer):
-        from transformers import PreTrainedTokenizerFast
-
-        special = {}
-        if config is not None:
-            for name, token_id in (("bos_token", config.bos_token_id),
-                                   ("eos_token", config.eos_token_id),
-                                   ("pad_token", config.pad_token_id)):
-                if isinstance(token_id, tuple):
-                    token_id = token_id[0]
-                if token_id is not None and tokenizer.id_to_token(token_id) is not None:
-                    special[name] = tokenizer.id_to_token(token_id)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special)
-    tokenizer.save_pretrained(str(folder))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 from typing import Sequence
 
 import jax
@@ -20,10 +21,11 @@ from jaxstep.models import hf
 import logging
 import shutil
 from typing import Any
-from jaxstep import models
+from jaxstep import models, paths
 from jaxstep.data import formatting
 from jaxstep.parallel import placement
 from safetensors.numpy import load_file, save_file
+from jaxstep.models import hf_files
 
 logger = logging.getLogger(__name__)
 KINDS = ("orm", "prm")
@@ -42,16 +44,18 @@ FORMAT_VERSION = 1
 
 
 def reward_model_from_generator(model: models.Decoder, params: dict, key: jax.Array,
-                                boundary_ids: Sequence[int] = ()):
+                                boundary_ids: Sequence[int] = (), remat: bool | str | None = None):
     """`(ScalarModel, rm_params, lm_head)` from a generator: same backbone, fresh head.
 
     `boundary_ids` (the step delimiter's token ids) turns on the likelihood feature
     (`jaxstep.models.heads`); the LM head is then part of the params. Otherwise
     `lm_head` is the generator's untied LM head (None when tied), kept only so the
-    export stays a loadable causal LM.
+    export stays a loadable causal LM. `remat` (a `REMAT_POLICIES` name; None: the
+    generator's) rematerialises the backbone's layers in training.
     """
     boundary_ids = tuple(int(i) for i in boundary_ids)
-    rm = models.ScalarModel(model.config, boundary_ids=boundary_ids)
+    remat = model.remat if remat is None else remat
+    rm = models.ScalarModel(model.config, remat=remat, boundary_ids=boundary_ids)
     rm_params = models.scalar_params_from_decoder(params, key, model.config, likelihood=bool(boundary_ids))
     return rm, rm_params, params.get("lm_head")
 
@@ -86,6 +90,9 @@ def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokeni
     config = model.config
     params = placement.to_host(params)
     if placement.is_main_process():
+        target = path  # a remote folder is written locally, then copied
+        if paths.is_remote(target):
+            path = paths.join(paths.local_dir("jaxstep_export_"), paths.basename(target))
         decoder = dict(params["decoder"])
         if not config.tie_word_embeddings and "lm_head" in decoder:
             lm_head = decoder.pop("lm_head")  # the likelihood feature's trained LM head
@@ -113,13 +120,15 @@ def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokeni
             json.dump(info, f, indent=2)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
+        if target != path:
+            path = paths.upload_folder(path, target)
     placement.sync("jaxstep_save_reward_model")
     return path
 
 
 def is_reward_model(path: str) -> bool:
-    """Whether `path` is a folder written by `save_reward_model`."""
-    return bool(path) and os.path.isfile(os.path.join(path, RM_CONFIG_FILE))
+    """Whether `path` (local or a URL) is a folder written by `save_reward_model`."""
+    return bool(path) and paths.isfile(paths.join(path, RM_CONFIG_FILE))
 
 
 def read_reward_model_info(path: str) -> dict:
@@ -128,8 +137,7 @@ def read_reward_model_info(path: str) -> dict:
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file}: not found (expected a reward-model folder written by "
                                 "jaxstep.train.reward_models.save_reward_model)")
-    with open(file, encoding="utf-8") as f:
-        info = json.load(f)
+    info = hf_files.read_json(pathlib.Path(file), RM_CONFIG_FILE)
     if info.get("format") != FORMAT or info.get("kind") not in KINDS:
         raise ValueError(f"{file}: not a {FORMAT} file (format={info.get('format')!r}, "
                          f"kind={info.get('kind')!r})")
@@ -148,8 +156,7 @@ def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32):
       `{"decoder": ..., "score": {"kernel" [embed, 1], "bias" [1]}}`, the tokenizer
       saved with it, and "orm" or "prm". Score with `jaxstep.rewards.scoring`.
     """
-
-
+    path = paths.local_copy(path)  # a URL is downloaded once
     info = read_reward_model_info(path)
     decoder, decoder_params = hf.load(path, dtype=dtype, param_dtype=param_dtype)
     boundary_ids = tuple(int(i) for i in info.get("likelihood_boundary_ids") or ())
@@ -158,7 +165,11 @@ def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32):
     head_file = os.path.join(path, info.get("score_file", SCORE_FILE))
     if not os.path.isfile(head_file):
         raise FileNotFoundError(f"{head_file}: the reward model's score head is missing")
-    head = load_file(head_file)
+    try:
+        head = load_file(head_file)
+    except Exception as e:  # safetensors raises SafetensorError / OSError
+        raise ValueError(f"{head_file}: not a readable safetensors file ({e}); re-download or "
+                         "re-export it") from None
     weight = head.get("score.weight")
     if weight is None or weight.shape != (1, decoder.config.embed_dim):
         raise ValueError(f"{head_file}: expected 'score.weight' of shape (1, {decoder.config.embed_dim}), "
