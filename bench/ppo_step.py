@@ -2,6 +2,7 @@
 
     python bench/ppo_step.py              # the setting (one CPU device, float32)
     python bench/ppo_step.py --quick      # a smaller smoke run
+    python bench/ppo_step.py --advantage=grpo_process   # critic-free: no critic forward/step
 
 Shape: the random Qwen2 of bench/sampler.py (hidden 256, 4 layers, 4 heads,
 2 KV heads, intermediate 688, vocab 32000; tied embeddings, about 11M parameters) as the
@@ -16,6 +17,10 @@ One step is what `jaxstep.stages.ppo` does per iteration, with the same function
   update   `jaxstep.rl.update.make_ppo_update`: KL penalty, GAE, whitening, a policy
            and a critic Adam step (LM head on the response-predicting positions only)
 Text decoding and grading are left out (random weights produce no text worth grading).
+
+`--advantage` other than gae (`jaxstep.rl.advantages`): no critic is built, scored
+with or updated (group size `--group`, adjacent rows); the update's compiled memory
+(XLA's memory analysis) and the state's bytes are printed for comparing with gae.
 
 Printed: the median seconds per step and per phase over `--steps` steps after one
 warm-up (compile) step, tokens/s, and the update's model FLOP utilisation: analytic
@@ -42,6 +47,7 @@ from jaxstep.rl import scorer as scorer_lib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from jaxstep import models  # noqa: E402
 from jaxstep.rl import update as update_lib  # noqa: E402
+from jaxstep.rl.advantages import ESTIMATORS  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -80,6 +86,9 @@ def main():
     parser.add_argument("--untied", action="store_true", help="untied LM head (19M params)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up step")
     parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens, 2 steps")
+    parser.add_argument("--advantage", default="gae", choices=tuple(ESTIMATORS),
+                        help="advantage estimator (all but gae are critic-free)")
+    parser.add_argument("--group", type=int, default=4, help="responses per prompt (group estimators)")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.new, args.steps = 8, 32, 2
@@ -91,16 +100,18 @@ def main():
                       tie_word_embeddings=not args.untied, bos_token_id=None, eos_token_id=None,
                       pad_token_id=0)
     policy = models.Decoder(cfg)
-    critic = models.ScalarModel(cfg)
+    needs_critic = ESTIMATORS[args.advantage].needs_critic
+    critic = models.ScalarModel(cfg) if needs_critic else None
     params = models.init_params(policy, jax.random.key(0))
     ref_params = jax.tree.map(jnp.copy, params)
-    critic_params = models.scalar_params_from_decoder(params, jax.random.key(1), cfg)
+    critic_params = models.scalar_params_from_decoder(params, jax.random.key(1), cfg) if needs_critic else None
     rm_params = models.scalar_params_from_decoder(params, jax.random.key(2), cfg, std=1.0)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}")
     print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
           f"{'untied' if args.untied else 'tied'} ({n_params / 1e6:.1f}M params); batch {B}, prompt {P}, "
-          f"{R} new tokens; float32; Adam, 1 epoch, 1 minibatch")
+          f"{R} new tokens; float32; Adam, 1 epoch, 1 minibatch; advantage {args.advantage}"
+          + ("" if needs_critic else f" (no critic, groups of {args.group})"))
     peak = matmul_peak()
     print(f"matmul peak (f32 2048^3, best of 5): {peak:.0f} GFLOP/s")
 
@@ -112,11 +123,13 @@ def main():
     step_ends = np.tile((np.arange(S) + 1) * (R // S) - 1, (B, 1)).astype(np.int32)
 
     tx = optax.adam(1e-5)
-    cfg_ppo = update_lib.PPOConfig(epochs=1, minibatches=1)
+    cfg_ppo = update_lib.PPOConfig(epochs=1, minibatches=1, advantage=args.advantage, group_size=args.group,
+                                   loss_aggregation=ESTIMATORS[args.advantage].loss_aggregation, norm_length=R)
     update = update_lib.make_ppo_update(scorer_lib.make_policy_apply(policy, P),
-                                        scorer_lib.make_critic_apply(critic), tx, tx, cfg_ppo,
+                                        scorer_lib.make_critic_apply(critic) if needs_critic else None, tx,
+                                        tx if needs_critic else None, cfg_ppo,
                                         policy_logprobs=scorer_lib.make_policy_logprobs(policy, P))
-    scorer = scorer_lib.make_scorer(policy, critic, critic, "prm",
+    scorer = scorer_lib.make_scorer(policy, critic, models.ScalarModel(cfg), "prm",
                                      scorer_lib.ShapingSettings(scheme="prm_max"), prompt_len=P)
     state = update_lib.init_ppo_state(params, critic_params, tx, tx, kl_coef=0.1)
 
@@ -140,11 +153,20 @@ def main():
         t2 = time.perf_counter()
         ppo_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask", "old_logprobs",
                                            "positions")}
-        ppo_batch.update({k: scored[k] for k in ("values", "token_rewards", "ref_logprobs")})
+        ppo_batch.update({k: scored[k] for k in ("values", "token_rewards", "ref_logprobs") if k in scored})
+        if args.advantage == "grpo_process":
+            ppo_batch.update(step_mask=batch["step_mask"], step_ends=batch["step_ends"] + P)
         if update_flops_xla is None:
-            cost = update.lower(state, ppo_batch, jax.random.key(step)).compile().cost_analysis()
+            compiled = update.lower(state, ppo_batch, jax.random.key(step)).compile()
+            cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             update_flops_xla = float(cost.get("flops", float("nan"))) if cost else float("nan")
+            memory = compiled.memory_analysis()
+            state_mb = sum(x.nbytes for x in jax.tree.leaves(state)) / 2 ** 20
+            if memory is not None:
+                print(f"update memory (XLA): arguments {memory.argument_size_in_bytes / 2 ** 20:.1f} MiB, "
+                      f"outputs {memory.output_size_in_bytes / 2 ** 20:.1f} MiB, temporaries "
+                      f"{memory.temp_size_in_bytes / 2 ** 20:.1f} MiB; PPO state {state_mb:.1f} MiB")
         t2 = time.perf_counter()
         state, metrics = update(state, ppo_batch, jax.random.key(step))
         metrics = jax.device_get(metrics)
@@ -159,8 +181,9 @@ def main():
 
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens_step = B * T
-    update_flops = 3 * (forward_flops(cfg, B * T, T, B * R) + forward_flops(cfg, B * T, T, 0))
-    scoring_flops = 2 * forward_flops(cfg, B * T, T, 0) + forward_flops(cfg, B * T, T, B * R)
+    scalar_models = 2 if needs_critic else 1  # the critic (if any) and the reward model
+    update_flops = 3 * (forward_flops(cfg, B * T, T, B * R) + (scalar_models - 1) * forward_flops(cfg, B * T, T, 0))
+    scoring_flops = scalar_models * forward_flops(cfg, B * T, T, 0) + forward_flops(cfg, B * T, T, B * R)
     rollout_flops = forward_flops(cfg, B * P, P, B) + sum(forward_flops(cfg, B, P + t, B) for t in range(R))
     print(f"\nmedian of {args.steps} steps: {med['step']:.2f} s/step = rollout {med['rollout']:.2f} + "
           f"scoring/forwards {med['scoring']:.2f} + update {med['update']:.2f}")

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from jaxstep import generation
-from jaxstep.data import batching
+from jaxstep.data import batching, formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 
@@ -38,6 +38,7 @@ class SampleSettings:
     max_steps: S, step slots per response (steps past S get no reward and no score).
     temperature, top_k, top_p: sampling (`jaxstep.models.sampler.generate`).
     delimiter: the step delimiter.
+    template: the prompt template (`formatting.config_template(config)`).
     """
     max_prompt_len: int
     max_new_tokens: int
@@ -46,6 +47,7 @@ class SampleSettings:
     top_k: int = 0
     top_p: float = 1.0
     delimiter: str = "\n"
+    template: str = formatting.PROMPT_TEMPLATE
 
 
 @dataclasses.dataclass
@@ -91,7 +93,8 @@ def sample(model, params, tokenizer, problems: Sequence[Problem], key: jax.Array
     """
     ids_of = tokenizer_lib.special_ids(tokenizer)
     eos_ids = generation.stop_token_ids(model, tokenizer)
-    encoded = batching.encode_prompts(problems, tokenizer, settings.max_prompt_len)
+    encoded = batching.encode_prompts(problems, tokenizer, settings.max_prompt_len,
+                                      template=settings.template)
     prompt_ids, prompt_mask = encoded["ids"], encoded["mask"]
     out = generation.generate_batch(
         model, params, prompt_ids, prompt_mask, key, max_new_tokens=settings.max_new_tokens,

@@ -17,11 +17,13 @@ from jaxstep.rl.logprobs import shift_values
 from jaxstep.parallel import rules as rules_lib
 
 
-def make_policy_logprobs(model, prompt_len: int):
-    """The `policy_logprobs` hook of `jaxstep.rl.update.make_ppo_update` (`response_logprobs`)."""
+def make_policy_logprobs(model, prompt_len: int, logits_chunk: int = 0):
+    """The `policy_logprobs` hook of `jaxstep.rl.update.make_ppo_update` (`response_logprobs`;
+    `logits_chunk` > 0: the LM head over that many positions at a time)."""
     def policy_logprobs(params, ids, attention_mask, positions, *, temperature=1.0, with_entropy=False):
         return response_logprobs(model, params, ids, attention_mask, positions, prompt_len,
-                                 temperature=temperature, with_entropy=with_entropy)
+                                 temperature=temperature, with_entropy=with_entropy,
+                                 logits_chunk=logits_chunk)
     return policy_logprobs
 
 
@@ -49,12 +51,13 @@ def make_critic_apply(critic_model):
 
 def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_settings: ShapingSettings, *,
                 prompt_len: int, temperature: float = 1.0, recompute_logprobs: bool = False,
-                mesh: jax.sharding.Mesh | None = None, rules=None):
+                mesh: jax.sharding.Mesh | None = None, rules=None, logits_chunk: int = 0):
     """The jitted rollout pass `scorer(params, batch) -> dict` (float32 outputs).
 
     Args:
       policy_model: the policy's Decoder (also the reference policy's).
-      critic_model: the critic's ScalarModel; rm_model: the reward model's ScalarModel.
+      critic_model: the critic's ScalarModel, or None (a critic-free estimator: no critic
+        forward, no `values` out); rm_model: the reward model's ScalarModel.
       rm_kind: "prm" (scores at step ends) or "orm" (score at the last token).
       shaping_settings: scheme, alpha, eta, success weight.
       prompt_len: P.
@@ -63,6 +66,8 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
         forward (instead of the sampler's; needed when sampling with top-k/top-p or a
         low-precision dtype).
       mesh, rules: run under this mesh and logical-axis rules.
+      logits_chunk: > 0 computes the log-probs with the LM head over that many
+        positions at a time (`jaxstep.models.logprobs.chunked_token_stats`).
 
     The returned function takes `params = {"policy", "ref", "critic", "rm"}` and a batch
     from `sequence_batch` (on the mesh), with `rm_ids`, `rm_mask`, `rm_step_ends`,
@@ -76,7 +81,7 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
 
     def logprobs_of(params, batch):
         logp = response_logprobs(policy_model, params, batch["input_ids"], batch["attention_mask"],
-                                 batch["positions"], P, temperature=temperature)
+                                 batch["positions"], P, temperature=temperature, logits_chunk=logits_chunk)
         return logp * batch["response_mask"]
 
     def scorer(params, batch):
@@ -85,9 +90,10 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
         out = {"ref_logprobs": logprobs_of(params["ref"], batch)}
         if recompute_logprobs:
             out["old_logprobs"] = logprobs_of(params["policy"], batch)
-        values = critic_model.apply({"params": params["critic"]}, ids, attention_mask=mask,
-                                    positions=batch["positions"])
-        out["values"] = shift_values(values) * batch["response_mask"]
+        if critic_model is not None:
+            values = critic_model.apply({"params": params["critic"]}, ids, attention_mask=mask,
+                                        positions=batch["positions"])
+            out["values"] = shift_values(values) * batch["response_mask"]
         if "rm_ids" in batch:
             rm_ids, rm_mask = batch["rm_ids"], batch["rm_mask"]
             rm_ends, rm_step_mask, rm_positions = batch["rm_step_ends"], batch["rm_step_mask"], None

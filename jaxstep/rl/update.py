@@ -10,6 +10,13 @@
 A minibatch step whose losses or gradients are not all finite changes nothing (params
 and optimizer states are kept bit for bit) and counts in `metrics["skipped"]`.
 
+Critic-free estimators (`PPOConfig.advantage` other than "gae", see
+`jaxstep.rl.advantages`): the same token rewards (KL folded in with `kl_in_reward`, or
+the k3 loss term with `kl_loss_coef`) -> `advantages.token_advantages` (final: never
+whitened) -> epochs x minibatches of policy steps only. The state holds no critic
+(`critic_params` and `critic_opt_state` are None), the batch needs no `values`, and
+there is no value loss; `grpo_process` also needs the rollout's step boundaries.
+
 Batch: a dict of `[batch, time]` arrays aligned with `input_ids` (prompt + response;
 index t refers to token t; see `jaxstep.rl.logprobs` for how to compute the aligned
 logprobs and values of a rollout):
@@ -23,6 +30,9 @@ logprobs and values of a rollout):
   ref_logprobs    float32 (optional) log pi_ref(token t); needed for the KL terms
                   (without it no KL is added: pass token_rewards that already hold it)
   positions       int32   (optional) position ids; default `default_positions(mask)`
+  step_mask       bool    `[batch, steps]` (advantage "grpo_process" only) valid steps
+  step_ends       int32   `[batch, steps]` (advantage "grpo_process" only) each step's
+                  last token, on the time axis of input_ids
 
 Metrics (float32 scalars): rollout-level `score` (mean summed token_rewards), `reward`
 (after normalisation and KL), `kl` (mean per-sequence summed k1 KL; with ref_logprobs),
@@ -31,6 +41,8 @@ whitening), `response_length`; averaged over the minibatch steps: `loss`,
 `policy_loss`, `clip_frac`, `approx_kl`, `entropy` (compute_entropy), `kl_loss` (k3),
 `value_loss`, `value_clip_frac`, `policy_grad_norm`, `critic_grad_norm`; and `skipped`
 (1 if any minibatch step was skipped) and `skipped_minibatches` (their count).
+Without a critic `return_mean`, `value_mean`, `value_loss`, `value_clip_frac` and
+`critic_grad_norm` are absent.
 """
 from __future__ import annotations
 
@@ -44,8 +56,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxstep.parallel.rules import activation_sharding
+from jaxstep.rl import advantages as advantages_lib
 from jaxstep.rl import losses
-from jaxstep.rl.gae import gae, masked_mean, whiten
+# The update's first stage (re-exported: `jaxstep.rl.update.compute_advantages`).
+from jaxstep.rl.batch_advantages import (compute_advantages, critic_free_advantages,  # noqa: F401
+                                         shaped_token_rewards)
 from jaxstep.rl.kl import KLState, init_kl_state, update_kl_state
 from jaxstep.rl.logprobs import default_positions, shift_values, token_logprobs
 
@@ -73,6 +88,12 @@ class PPOConfig:
       the KL penalty.
     temperature: sampling temperature of the rollouts (logits are divided by it).
     compute_entropy: compute the policy entropy (a metric; required when ent_coef > 0).
+    advantage: the advantage estimator, a key of `jaxstep.rl.advantages.ESTIMATORS`;
+      "gae" uses the critic, every other one is critic-free (no critic in the state).
+    group_size: responses per prompt, adjacent rows (grpo, rloo, dr_grpo, grpo_process).
+    loss_aggregation: how the per-token policy loss becomes a scalar, a
+      `jaxstep.rl.losses.LOSS_AGGREGATIONS` name.
+    norm_length: L of "seq_mean_token_sum_norm" (the generation budget); None: time.
     """
     clip_eps: float = 0.2
     value_clip_eps: float | None = 0.2
@@ -89,11 +110,20 @@ class PPOConfig:
     normalize_rewards: bool = False
     temperature: float = 1.0
     compute_entropy: bool = True
+    advantage: str = "gae"
+    group_size: int = 1
+    loss_aggregation: str = "token_mean"
+    norm_length: int | None = None
+
+    @property
+    def needs_critic(self) -> bool:
+        return advantages_lib.needs_critic(self.advantage)
 
 
 @flax.struct.dataclass
 class PPOState:
-    """Everything the update changes; a pytree of arrays (checkpointable as is)."""
+    """Everything the update changes; a pytree of arrays (checkpointable as is).
+    `critic_params` and `critic_opt_state` are None for a critic-free estimator."""
     policy_params: Any
     policy_opt_state: Any
     critic_params: Any
@@ -103,8 +133,9 @@ class PPOState:
 
 
 def init_ppo_state(policy_params, critic_params, policy_tx: optax.GradientTransformation,
-                   critic_tx: optax.GradientTransformation, kl_coef: float) -> PPOState:
-    """A fresh state that owns its buffers.
+                   critic_tx: optax.GradientTransformation | None, kl_coef: float) -> PPOState:
+    """A fresh state that owns its buffers (`critic_params` None: no critic, for the
+    critic-free estimators; `critic_tx` is then unused).
 
     The params are copied (keeping their shardings): the update donates the state, so
     arrays shared with the caller (a reference policy built from the same SFT params, or
@@ -113,11 +144,13 @@ def init_ppo_state(policy_params, critic_params, policy_tx: optax.GradientTransf
     inits, so they follow the params' sharding.
     """
     policy_params = _copy_tree(policy_params)
-    critic_params = _copy_tree(critic_params)
+    critic_opt_state = None
+    if critic_params is not None:
+        critic_params = _copy_tree(critic_params)
+        critic_opt_state = jax.jit(critic_tx.init)(critic_params)
     return PPOState(policy_params=policy_params,
                     policy_opt_state=jax.jit(policy_tx.init)(policy_params),
-                    critic_params=critic_params,
-                    critic_opt_state=jax.jit(critic_tx.init)(critic_params),
+                    critic_params=critic_params, critic_opt_state=critic_opt_state,
                     kl=init_kl_state(kl_coef), step=jnp.zeros((), jnp.int32))
 
 
@@ -140,43 +173,6 @@ def ppo_state_shardings(state: PPOState, mesh: jax.sharding.Mesh) -> PPOState:
     return jax.tree_util.tree_map(one, state)
 
 
-def compute_advantages(batch: dict, kl_coef, cfg: PPOConfig):
-    """Rollout batch -> (advantages, returns, seq_kl, metrics), the update's first stage.
-
-    token rewards (optionally scaled by the batch std of their per-sequence sums; no
-    scaling when there is no spread) -> `- kl_coef * k1` on the response tokens when
-    `cfg.kl_in_reward` and the batch has `ref_logprobs` (`losses.kl_penalty_rewards`
-    with `old_logprobs`) -> GAE -> whitening (if on).
-    `seq_kl` `[batch]` is the per-sequence summed k1 KL (zeros without ref_logprobs).
-    """
-    mask = batch["response_mask"].astype(jnp.float32)
-    valid = mask > 0
-    scores = jnp.where(valid, batch["token_rewards"].astype(jnp.float32), 0.0)
-    rewards = scores
-    if cfg.normalize_rewards:
-        std = jnp.std(scores.sum(-1))
-        rewards = rewards * jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 1.0)
-    metrics = {}
-    seq_kl = jnp.zeros(mask.shape[:1], jnp.float32)
-    if "ref_logprobs" in batch:
-        k1 = jnp.where(valid, losses.kl_k1(batch["old_logprobs"], batch["ref_logprobs"]), 0.0)
-        seq_kl = k1.sum(-1)
-        metrics["kl"] = seq_kl.mean()
-        if cfg.kl_in_reward:
-            rewards = losses.kl_penalty_rewards(rewards, batch["old_logprobs"],
-                                                batch["ref_logprobs"], valid, kl_coef)
-    values = batch["values"].astype(jnp.float32)
-    advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-    metrics.update(
-        score=scores.sum(-1).mean(), reward=rewards.sum(-1).mean(),
-        advantage_mean=masked_mean(advantages, mask), return_mean=masked_mean(returns, mask),
-        value_mean=masked_mean(values, mask), response_length=mask.sum(-1).mean(),
-        kl_coef=jnp.asarray(kl_coef, jnp.float32))
-    if cfg.whiten_advantages:
-        advantages = whiten(advantages, mask)
-    return advantages, returns, seq_kl, metrics
-
-
 def _all_finite(tree) -> jnp.ndarray:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
@@ -186,8 +182,9 @@ def _select(ok, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
-                    policy_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
+def make_ppo_update(policy_apply: Callable, critic_apply: Callable | None,
+                    policy_tx: optax.GradientTransformation,
+                    critic_tx: optax.GradientTransformation | None,
                     cfg: PPOConfig = PPOConfig(), *, mesh: jax.sharding.Mesh | None = None,
                     state_shardings=None, batch_axes: tuple[str, ...] = ("data", "fsdp"),
                     logical_rules=None, donate: bool = True,
@@ -197,7 +194,8 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
     Args:
       policy_apply: `(params, input_ids, attention_mask, positions) -> logits [batch, time, vocab]`.
       critic_apply: `(params, input_ids, attention_mask, positions) -> values [batch, time]`
-        (the value after reading position t; aligned internally with `shift_values`).
+        (the value after reading position t; aligned internally with `shift_values`);
+        None (and critic_tx None) with a critic-free `cfg.advantage`.
       policy_tx, critic_tx: optax optimizers (put gradient clipping in them).
       cfg: `PPOConfig`.
       mesh: a device mesh with Auto axis types, or None for plain jit.
@@ -249,7 +247,8 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
             logits = policy_apply(params, mb["input_ids"], mb["attention_mask"], mb["positions"])
             logp = token_logprobs(logits, mb["input_ids"], temperature=cfg.temperature)
         pg_loss, metrics = losses.policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask,
-                                              clip_eps=cfg.clip_eps)
+                                              clip_eps=cfg.clip_eps, aggregation=cfg.loss_aggregation,
+                                              norm_length=cfg.norm_length)
         loss = pg_loss
         metrics = dict(metrics, policy_loss=pg_loss)
         if cfg.compute_entropy:
@@ -287,8 +286,25 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
                        skipped=1.0 - ok.astype(jnp.float32))
         return carry, metrics
 
+    def policy_step(carry, mb):
+        """`minibatch_step` without a critic: carry (policy params, optimizer state)."""
+        pp, popt = carry
+        mb = constrain(mb)
+        (p_loss, p_metrics), p_grads = jax.value_and_grad(policy_objective, has_aux=True)(pp, mb)
+        ok = jnp.isfinite(p_loss) & _all_finite(p_grads)
+        p_updates, new_popt = policy_tx.update(p_grads, popt, pp)
+        carry = _select(ok, (optax.apply_updates(pp, p_updates), new_popt), carry)
+        metrics = dict(p_metrics, loss=p_loss, policy_grad_norm=optax.global_norm(p_grads),
+                       skipped=1.0 - ok.astype(jnp.float32))
+        return carry, metrics
+
+    critic = cfg.needs_critic
+    required = REQUIRED_KEYS if critic else tuple(k for k in REQUIRED_KEYS if k != "values")
+    if cfg.advantage == "grpo_process":
+        required = required + ("step_mask", "step_ends")
+
     def update(state: PPOState, batch: dict, key: jax.Array):
-        missing = [k for k in REQUIRED_KEYS if k not in batch]
+        missing = [k for k in required if k not in batch]
         if missing:
             raise KeyError(f"ppo update: batch lacks {missing}; it has {sorted(batch)}.")
         if cfg.kl_loss_coef > 0 and "ref_logprobs" not in batch:
@@ -303,14 +319,17 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         if positions is None:
             positions = default_positions(batch["attention_mask"])
 
-        advantages, returns, seq_kl, metrics = compute_advantages(batch, state.kl.coef, cfg)
+        if critic:
+            advantages, returns, seq_kl, metrics = compute_advantages(batch, state.kl.coef, cfg)
+        else:
+            advantages, seq_kl, metrics = critic_free_advantages(batch, state.kl.coef, cfg)
         has_ref = "ref_logprobs" in batch
-        old_values = batch["values"].astype(jnp.float32)
 
         data = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                 "positions": positions, "response_mask": mask,
-                "old_logprobs": batch["old_logprobs"].astype(jnp.float32), "values": old_values,
-                "advantages": advantages, "returns": returns}
+                "old_logprobs": batch["old_logprobs"].astype(jnp.float32), "advantages": advantages}
+        if critic:
+            data.update(values=batch["values"].astype(jnp.float32), returns=returns)
         if cfg.kl_loss_coef > 0:
             data["ref_logprobs"] = batch["ref_logprobs"].astype(jnp.float32)
         mb_size = batch_size // cfg.minibatches
@@ -323,10 +342,12 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
                 shuffled = data
             stacked = jax.tree_util.tree_map(
                 lambda x: x.reshape(cfg.minibatches, mb_size, *x.shape[1:]), shuffled)
-            return jax.lax.scan(minibatch_step, carry, constrain(stacked, leading=(0,)))
+            return jax.lax.scan(minibatch_step if critic else policy_step, carry,
+                                constrain(stacked, leading=(0,)))
 
-        carry = (state.policy_params, state.policy_opt_state, state.critic_params,
-                 state.critic_opt_state)
+        carry = (state.policy_params, state.policy_opt_state)
+        if critic:
+            carry = carry + (state.critic_params, state.critic_opt_state)
         carry, mb_metrics = jax.lax.scan(epoch, carry, jax.random.split(key, cfg.epochs))
         skipped_count = mb_metrics["skipped"].sum()
         mb_metrics = jax.tree_util.tree_map(jnp.mean, mb_metrics)
@@ -337,9 +358,10 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         if has_ref:
             kl_state = update_kl_state(kl_state, seq_kl.mean(), batch_size, target=cfg.kl_target,
                                        horizon=cfg.kl_horizon)
+        critic_params, critic_opt_state = carry[2:] if critic else (None, None)
         new_state = PPOState(policy_params=carry[0], policy_opt_state=carry[1],
-                             critic_params=carry[2], critic_opt_state=carry[3], kl=kl_state,
-                             step=state.step + 1)
+                             critic_params=critic_params, critic_opt_state=critic_opt_state,
+                             kl=kl_state, step=state.step + 1)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         return new_state, metrics
 
@@ -369,4 +391,6 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable,
         with activation_sharding(mesh, logical_rules):
             return fn(state, batch, jax.device_put(key, replicated))
 
+    sharded_update.update = update  # the unjitted function (ahead-of-time compilation, stage plan)
+    sharded_update.batch_sharding = batch_sharding
     return sharded_update
