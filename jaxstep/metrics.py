@@ -3,16 +3,21 @@
 `MetricWriter(workdir)` appends `{"step": s, **metrics}` lines to
 `<workdir>/metrics.jsonl` (flushed per write, so a killed run keeps what it logged)
 and the same scalars to TensorBoard event files under `<workdir>/tb`. Only process 0
-writes; other processes get a writer that does nothing.
+writes; other processes get a writer that does nothing. A remote workdir (`gs://...`)
+is written through local copies (`jaxstep.paths.Staged`) pushed on `flush`, on `close`
+and at most every `push_seconds` while writing.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from jaxstep import paths
 
 
 def _to_scalar(value: Any) -> float | int | None:
@@ -38,21 +43,27 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: str, filename: str = "metrics.jsonl", *,
-                 tensorboard: bool = True, prefix: str = "", enabled: bool | None = None):
+                 tensorboard: bool = True, prefix: str = "", enabled: bool | None = None,
+                 push_seconds: float = 60.0):
         if enabled is None:
             import jax
             enabled = jax.process_index() == 0
         self.enabled = enabled
         self.prefix = prefix
-        self.path = os.path.join(workdir, filename)
+        self.path = paths.join(workdir, filename)
         self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        paths.makedirs(workdir)
+        self._staged = paths.Staged(self.path)
+        self._file = open(self._staged.local, "a", encoding="utf-8")
+        self._push_seconds, self._pushed = push_seconds, time.time()
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tb", prefix) if prefix else os.path.join(workdir, "tb"))
+            tb_dir = paths.join(workdir, "tb", prefix) if prefix else paths.join(workdir, "tb")
+            self._tb_remote = tb_dir if paths.is_remote(tb_dir) else ""
+            self._tb_local = paths.local_dir("jaxstep_tb_") if self._tb_remote else tb_dir
+            self._tb = SummaryWriter(self._tb_local)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Logs `metrics` at `step`; non-scalar values go to JSON only."""
@@ -73,18 +84,30 @@ class MetricWriter:
                 self._tb.add_scalar(tag, float(scalar), int(step))
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._staged.remote and time.time() - self._pushed >= self._push_seconds:
+            self.flush()
+
+    def _push(self) -> None:
+        self._pushed = time.time()
+        self._staged.push()
+        if self._tb is not None and self._tb_remote:
+            for name in os.listdir(self._tb_local):
+                paths.makedirs(self._tb_remote)
+                paths.copy_file(os.path.join(self._tb_local, name), paths.join(self._tb_remote, name))
 
     def flush(self) -> None:
         if self.enabled:
             self._file.flush()
             if self._tb is not None:
                 self._tb.flush()
+            self._push()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self._file.closed:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+            self._push()
 
     def __enter__(self) -> "MetricWriter":
         return self
@@ -96,7 +119,7 @@ class MetricWriter:
 def read_metrics(path: str) -> list[dict[str, Any]]:
     """Reads a metrics.jsonl file back into a list of dicts (for plots and reports)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
         for line in f:
             line = line.strip()
             if line:

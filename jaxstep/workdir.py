@@ -5,19 +5,21 @@ export, checkpoints, and where a chained run finds an earlier stage's product.
     export(workdir, model, params, tokenizer)               # <workdir>/export, HF layout
     write_summary(workdir, summary)                         # last: marks the stage done
 
-Only process 0 writes; the others wait at a barrier.
+A workdir is a local path or a URL (`gs://bucket/run`); every file goes through
+`jaxstep.paths`. Only process 0 writes; the others wait at a barrier, and whether a
+stage is done is decided on process 0 and broadcast (`jaxstep.paths.agree`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxstep import paths
 from jaxstep.metrics import read_metrics
 from jaxstep.models import hf
 from jaxstep.parallel.placement import is_main_process, sync, to_host
@@ -33,18 +35,18 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def summary_path(workdir: str) -> str:
-    return os.path.join(workdir, SUMMARY_FILE)
+    return paths.join(workdir, SUMMARY_FILE)
 
 
 def is_done(workdir: str) -> bool:
-    """Whether the stage in `workdir` finished (its summary.json exists)."""
-    return os.path.isfile(summary_path(workdir))
+    """Whether the stage in `workdir` finished (its summary.json exists), as process 0
+    sees it: every process gets the same answer (a collective when multi-process)."""
+    return paths.agree(is_main_process() and paths.isfile(summary_path(workdir)))
 
 
 def read_summary(workdir: str) -> dict:
     """The finished stage's summary.json."""
-    with open(summary_path(workdir), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(paths.read_text(summary_path(workdir)))
 
 
 def jsonable(value):
@@ -63,43 +65,49 @@ def write_summary(workdir: str, summary: dict) -> dict:
     """Writes summary.json atomically (process 0), marking the stage done; returns it."""
     summary = jsonable(summary)
     if is_main_process():
-        os.makedirs(workdir, exist_ok=True)
-        tmp = summary_path(workdir) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(tmp, summary_path(workdir))
+        paths.write_text(summary_path(workdir), json.dumps(summary, indent=2, sort_keys=True))
     sync("jaxstep_write_summary")
     return summary
 
 
 def default_input(workdir: str, stage: str) -> str:
     """`<workdir>/../<stage>/export`: where a chained run keeps the product of `stage`."""
-    return os.path.join(os.path.dirname(os.path.abspath(workdir)), stage, EXPORT_DIR)
+    return paths.join(paths.parent(workdir), stage, EXPORT_DIR)
+
+
+def write_folder(path: str, write) -> str:
+    """Calls `write(folder)` on process 0 so that `path` ends up holding what it wrote,
+    complete or not at all: a local `path` is written beside it and renamed; a remote
+    one is written to a local temporary folder and then copied (the stage's summary,
+    written after it, marks it complete). The others wait at a barrier. Returns `path`."""
+    if is_main_process():
+        if paths.is_remote(path):
+            local = paths.join(paths.local_dir("jaxstep_export_"), paths.basename(path))
+            write(local)
+            paths.upload_folder(local, path)
+        else:
+            tmp = path + ".tmp"
+            paths.remove(tmp)
+            write(tmp)
+            paths.remove(path)
+            os.replace(tmp, path)
+    sync("jaxstep_write_folder")
+    return path
 
 
 def export(workdir: str, model, params, tokenizer, subdir: str = EXPORT_DIR) -> str:
     """Writes `<workdir>/<subdir>` as an HF folder (config.json, model.safetensors,
-    tokenizer files) that `transformers.AutoModelForCausalLM` loads; returns the path.
-
-    The folder appears complete or not at all (written beside it, then renamed).
-    """
-
-    path = os.path.join(workdir, subdir)
+    tokenizer files) that `transformers.AutoModelForCausalLM` loads; returns the path
+    (`write_folder`: complete or not at all, local or remote)."""
     params = to_host(params)
-    if is_main_process():
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        hf.save(tmp, model, params, tokenizer=tokenizer)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    sync("jaxstep_export")
-    return path
+    return write_folder(paths.join(workdir, subdir),
+                        lambda folder: hf.save(folder, model, params, tokenizer=tokenizer))
 
 
 def last_metric(workdir: str, key: str) -> Any:
     """The last value of `key` in `<workdir>/metrics.jsonl` (None if never logged)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.isfile(path):
         return None
     values = [row[key] for row in read_metrics(path) if key in row]
     return values[-1] if values else None

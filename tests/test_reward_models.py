@@ -21,6 +21,7 @@ from jaxstep.rm import encoding as rm_encoding
 from jaxstep.rm import evaluation as rm_eval
 from jaxstep.rewards import losses as rm_losses
 from jaxstep.stages import reward_model as stage_rm
+from jaxstep.rm import label_files
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +292,7 @@ def _train_tokenizer(folder, texts):
 @pytest.mark.parametrize("loss", ["bce", pytest.param("bt", marks=pytest.mark.slow)])
 def test_prm_trains_on_the_real_prm800k_records(tmp_path, shared_data, loss):
     path = str(shared_data / "prm800k")
-    steps, _ = labels_lib.prm800k_labels(path)
+    steps, _ = label_files.prm800k_labels(path)
     texts = [r.problem.question + "\n" + "\n".join(r.steps) for r in steps]
     c = _stage_config("prm", _train_tokenizer(str(tmp_path / "tok"), texts))
     c.rm.labels = "prm800k"
@@ -313,7 +314,7 @@ def test_prm_trains_on_the_real_prm800k_records(tmp_path, shared_data, loss):
 
 def _orm_config(tmp_path, shared_data):
     path = str(shared_data / "gsm8k" / "example_model_solutions.jsonl")
-    records = labels_lib.read_labeled_solutions(path, limit=6)
+    records = label_files.read_labeled_solutions(path, limit=6)
     texts = [r.problem.question + "\n" + "\n".join(r.steps) for r in records]
     c = _stage_config("orm", _train_tokenizer(str(tmp_path / "tok"), texts))
     c.rm.solutions_path = path

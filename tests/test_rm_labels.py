@@ -12,6 +12,8 @@ from jaxstep.data.problem import Problem
 from jaxstep.rm import labels as labels_lib
 from jaxstep.rm import montecarlo
 from jaxstep.rm import dataset as rm_dataset
+from jaxstep.data import step_checks
+from jaxstep.rm import label_files
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def test_exact_labels_of_reference_and_corrupted_solutions(problems):
     corrupted = labels_lib.corrupted_solutions(problems, key)
     assert len(corrupted) == len(problems)
     for i, (p, r) in enumerate(zip(problems, corrupted)):
-        c = synthetic.corrupt(p, jax.random.fold_in(key, i))
+        c = step_checks.corrupt(p, jax.random.fold_in(key, i))
         assert r.labels == tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
         assert r.steps[-1] == "#### " + c.answer and r.correct == c.answer_correct
         # Relabelling the rendered text gives the same labels.
@@ -101,7 +103,7 @@ def test_records_round_trip_through_json_lines(tmp_path, problems):
 def test_prm800k_labels_from_the_real_records(shared_data):
     path = str(shared_data / "prm800k")
     records = prm800k.read(path)
-    steps, pairs = labels_lib.prm800k_labels(path)
+    steps, pairs = label_files.prm800k_labels(path)
     expected = sum(len(prm800k.step_examples(r)) for r in records)
     assert 0 < len(steps) <= expected
     for r in steps:
@@ -109,14 +111,14 @@ def test_prm800k_labels_from_the_real_records(shared_data):
         assert all("\n" not in s for s in r.steps)
         assert all(x is None or x in (0.0, 1.0) for x in r.labels)
     assert len(pairs) == sum(len(prm800k.preference_pairs(r)) for r in records)
-    strict, _ = labels_lib.prm800k_labels(path, neutral_is_positive=False)
+    strict, _ = label_files.prm800k_labels(path, neutral_is_positive=False)
     positives = sum(r.labels[-1] for r in steps)
     assert sum(r.labels[-1] for r in strict) < positives  # the 62 neutral ratings flip
 
 
 def test_read_labeled_gsm8k_example_model_solutions(shared_data):
     path = str(shared_data / "gsm8k" / "example_model_solutions.jsonl")
-    records = labels_lib.read_labeled_solutions(path, limit=5)
+    records = label_files.read_labeled_solutions(path, limit=5)
     assert len(records) == 20  # four solutions per question
     raw = [json.loads(line) for line in open(path)][:5]
     flags = [raw[i][name]["is_correct"] for i in range(5)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 
 import json
-import os
 from typing import Any, Iterable, Sequence
 import jax
 import numpy as np
-from jaxstep import generation
-from jaxstep.data import Problem, grading, sources
+from jaxstep import generation, paths
+from jaxstep.data import Problem, formatting, grading, sources
+from jaxstep.data.problem import Records
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.evaluation.stats import accuracy_by
 from jaxstep.evaluation import hacking
@@ -35,6 +35,8 @@ def make_rows(greedy: Sequence[generation.Decoded], sampled: Sequence[generation
                "question": p.question, "reference": p.answer, "response": result.text,
                "answer": result.answer, "correct": bool(result.correct),
                "num_tokens": result.num_tokens, "finished": result.finished}
+        if result.prompt_truncated:  # only then, so that other rows stay as they were
+            row["prompt_truncated"] = True
         if sampled:
             mine = sampled[i * k:(i + 1) * k]
             row["samples"] = [{"response": s.text, "answer": s.answer, "correct": bool(s.correct)}
@@ -63,18 +65,14 @@ def regrade(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_samples(path: str, rows: Iterable[dict[str, Any]]) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Writes the rows as JSON lines, whole (`jaxstep.paths.write_text`)."""
+    return paths.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_samples(path: str) -> list[dict[str, Any]]:
     """Rows of a samples.jsonl; errors name the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -94,11 +92,16 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def prompts_truncated(rows: Iterable[dict[str, Any]]) -> int:
+    """How many rows' prompts were cut on the left to `data.max_prompt_len`."""
+    return int(sum(bool(r.get("prompt_truncated")) for r in rows))
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy numbers of graded rows, per source (set).
 
     Returns {"sets": {source: {n, accuracy, answered, finished, mean_tokens,
-    [pass_at_k, sample_accuracy, k], by_level: {level: acc}, by_subject: {...}}},
+    prompts_truncated, [pass_at_k, sample_accuracy, k], by_level: {level: acc}, by_subject: {...}}},
     "overall": {n, accuracy}}.
     """
     sets: dict[str, Any] = {}
@@ -111,6 +114,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "answered": _mean(r.get("answer") is not None for r in mine),
             "finished": _mean(bool(r.get("finished", True)) for r in mine),
             "mean_tokens": _mean(r.get("num_tokens", 0) for r in mine),
+            "prompts_truncated": prompts_truncated(mine),
         }
         sampled = [r for r in mine if r.get("samples")]
         if sampled:  # over the problems that have samples
@@ -129,15 +133,18 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_model(config, model, params, tokenizer, *, mesh=None, key=None,
                    progress: bool = True) -> list[dict[str, Any]]:
-    """Decodes and grades every set of `config.eval.sources`; returns the rows."""
+    """Decodes and grades every set of `config.eval.sources`; returns the rows (a
+    `Records` list whose `.skipped` counts the unusable records the readers skipped)."""
     e = config.eval
     mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
     key = jax.random.key(config.seed) if key is None else key
-    rows: list[dict[str, Any]] = []
+    rows = Records()
     for i, (source, _) in enumerate(sources.parse_sources(e.sources)):
-        problems: list[Problem] = sources.load_source_problems(config, source, e.split, e.limit or None)
+        problems = sources.load_source_problems(config, source, e.split, e.limit or None)
+        rows.skipped += sources.skipped_count(problems)
         decode = dict(max_prompt_len=config.data.max_prompt_len, max_new_tokens=e.max_new_tokens,
-                      batch_size=e.batch_size, mesh=mesh, rules=config.mesh.rules, progress=progress)
+                      batch_size=e.batch_size, mesh=mesh, rules=config.mesh.rules, progress=progress,
+                      template=formatting.config_template(config))
         greedy = generation.decode_problems(model, params, tokenizer, problems, greedy=True,
                                         desc=f"eval {source}", **decode)
         sampled: list[generation.Decoded] = []
@@ -164,7 +171,8 @@ def greedy_eval(model, params, tokenizer, problems: Sequence[Problem], config, m
     results = generation.decode_problems(
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=config.sampler.batch_size,
-        mesh=mesh, rules=config.mesh.rules, greedy=True, progress=False, desc=desc)
+        mesh=mesh, rules=config.mesh.rules, greedy=True, progress=False, desc=desc,
+        template=formatting.config_template(config))
     if not detailed:
         return {"eval_accuracy": float(np.mean([r.correct for r in results])),
                 "eval_has_answer": float(np.mean([r.answer is not None for r in results]))}

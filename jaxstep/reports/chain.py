@@ -2,10 +2,9 @@
 timings of every stage (`<workdir>/report.md`)."""
 from __future__ import annotations
 
-
 import math
-import os
 from typing import Any
+from jaxstep import paths
 from jaxstep.evaluation.stats import format_pm
 from jaxstep.metrics import read_metrics
 from jaxstep.reports import markdown as report_lib
@@ -31,8 +30,8 @@ def curves(runs: dict[str, str], path: str, keys=("score", "reward", "kl", "roll
     """Reward/KL curves of PPO runs {label: workdir} in one PNG."""
     data = {}
     for label, workdir in runs.items():
-        file = os.path.join(workdir, "metrics.jsonl")
-        if os.path.isfile(file):
+        file = paths.join(workdir, "metrics.jsonl")
+        if paths.isfile(file):
             data[label] = training_rows(read_metrics(file))
     return report_lib.plot_metric_curves(data, list(keys), path) if data else None
 
@@ -66,7 +65,7 @@ def write_report(root: str, result: dict, delimiter: str) -> str:
                      "(mean ± s.e. over seeds)")
     sections.append("## Accuracy before and after PPO\n\n" + table + "\n\n" + "\n".join(lines))
     # Curves.
-    png = curves({r["name"]: r["workdir"] for r in c["ppo_runs"]}, os.path.join(root, "ppo_curves.png"))
+    png = curves({r["name"]: r["workdir"] for r in c["ppo_runs"]}, paths.join(root, "ppo_curves.png"))
     if png:
         sections.append("## Reward and KL during PPO\n\n`score`: shaped reward-model + success reward per "
                         "response; `reward`: the same minus the KL penalty; `kl`: summed KL to the SFT "
@@ -82,5 +81,5 @@ def write_report(root: str, result: dict, delimiter: str) -> str:
                     "rollout columns: sampled responses during PPO.\n\n" + hacking_table(columns))
     sections.append("## Stages\n\n" + timing_table(c["timings"]) + "\n\nStage reports: " + ", ".join(
         f"[{name}]({name}/report.md)" for name in c["timings"]
-        if os.path.isfile(os.path.join(root, name, "report.md"))))
-    return report_lib.write_markdown(os.path.join(root, REPORT_FILE), *sections)
+        if paths.isfile(paths.join(root, name, "report.md"))))
+    return report_lib.write_markdown(paths.join(root, REPORT_FILE), *sections)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 from typing import Any, Mapping, Sequence
+
+from jaxstep import paths
 from jaxstep.evaluation.stats import Group
 
 
@@ -104,8 +107,7 @@ def plot_accuracy_bars(values: Mapping[str, float] | Mapping[str, Mapping[str, f
     if len(series) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -147,26 +149,30 @@ def plot_metric_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Se
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 # ----------------------------------------------------------------------------- files
 
+def _save_figure(fig, path: str) -> None:
+    """PNG at `path` (local or remote, `jaxstep.paths`)."""
+    paths.makedirs(paths.parent(path))
+    with paths.open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
 def write_markdown(path: str, *sections: str) -> str:
     """Writes the sections (Markdown strings) separated by blank lines; returns `path`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return paths.write_text(path, text)
 
 
 def image_link(path: str, relative_to: str, alt: str = "") -> str:
     """Markdown image link to `path`, relative to the folder of the report."""
-    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
-    return f"![{alt or os.path.basename(path)}]({rel})"
+    if paths.is_remote(path):
+        rel = posixpath.relpath(paths.absolute(path), paths.absolute(relative_to))
+    else:
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
+    return f"![{alt or paths.basename(path)}]({rel})"

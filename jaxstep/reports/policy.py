@@ -1,9 +1,8 @@
 """An eval stage's report: accuracy tables per set, by level and subject, PNG plots."""
 from __future__ import annotations
 
-
-import os
 from typing import Any, Sequence
+from jaxstep import paths
 from jaxstep.evaluation.policy import read_samples, regrade, summarize
 from jaxstep.metrics import read_metrics
 from jaxstep.reports import markdown as report_lib
@@ -42,26 +41,26 @@ def _breakdown_tables(numbers: dict[str, Any], field: str, label: str) -> list[s
 
 
 def _plots(out_dir: str, numbers: dict[str, Any], label: str, model_path: str = "") -> list[str]:
-    paths = []
+    pngs = []
     sets = numbers["sets"]
-    paths.append(report_lib.plot_accuracy_bars(
-        {s: e["accuracy"] for s, e in sets.items()}, os.path.join(out_dir, "accuracy.png"),
+    pngs.append(report_lib.plot_accuracy_bars(
+        {s: e["accuracy"] for s, e in sets.items()}, paths.join(out_dir, "accuracy.png"),
         title=f"Greedy accuracy: {label}", counts={s: e["n"] for s, e in sets.items()}))
     for field, name in (("by_level", "level"), ("by_subject", "subject")):
         series = {s: {g: v["accuracy"] for g, v in e[field].items()} for s, e in sets.items() if field in e}
         if series:
-            paths.append(report_lib.plot_accuracy_bars(
+            pngs.append(report_lib.plot_accuracy_bars(
                 series if len(series) > 1 else next(iter(series.values())),
-                os.path.join(out_dir, f"accuracy_by_{name}.png"),
+                paths.join(out_dir, f"accuracy_by_{name}.png"),
                 title=f"Greedy accuracy by {name}: {label}"))
-    metrics_file = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.jsonl") if model_path else ""
-    if metrics_file and os.path.isfile(metrics_file):
+    metrics_file = paths.join(paths.parent(model_path), "metrics.jsonl") if model_path else ""
+    if metrics_file and paths.isfile(metrics_file):
         curve = report_lib.plot_metric_curves(
             {label: read_metrics(metrics_file)}, ["loss", "eval_accuracy", "token_accuracy"],
-            os.path.join(out_dir, "training_curves.png"), title=f"Training of {label}")
+            paths.join(out_dir, "training_curves.png"), title=f"Training of {label}")
         if curve:
-            paths.append(curve)
-    return paths
+            pngs.append(curve)
+    return pngs
 
 
 def write_report(out_dir: str, rows: Sequence[dict[str, Any]], numbers: dict[str, Any], *,
@@ -90,7 +89,7 @@ def write_report(out_dir: str, rows: Sequence[dict[str, Any]], numbers: dict[str
             shown.append(f"**{row.get('id') or row['source']}** ({verdict}; reference `{row['reference']}`)\n\n"
                          f"```\n{row.get('question', '')}\n---\n{row['response']}\n```")
         sections.append("## Examples\n\n" + "\n\n".join(shown))
-    return report_lib.write_markdown(os.path.join(out_dir, REPORT_FILE), *sections)
+    return report_lib.write_markdown(paths.join(out_dir, REPORT_FILE), *sections)
 
 
 def report_from_samples(samples_path: str, out_dir: str, *, label: str = "samples",
@@ -98,6 +97,6 @@ def report_from_samples(samples_path: str, out_dir: str, *, label: str = "sample
     """Regrades a samples.jsonl and writes report.md + plots in `out_dir`; returns the numbers."""
     rows = regrade(read_samples(samples_path))
     numbers = summarize(rows)
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     write_report(out_dir, rows, numbers, label=label, plots=plots)
     return numbers

@@ -2,10 +2,9 @@
 first vs last iterations."""
 from __future__ import annotations
 
-
-import os
 from typing import Any
 import numpy as np
+from jaxstep import paths
 from jaxstep.evaluation import hacking
 from jaxstep.reports import markdown as report
 # Metrics averaged over the first / last iterations for the summary and the report.
@@ -64,7 +63,7 @@ def _fmt(value: Any) -> str:
 
 def write_report(workdir: str, summary: dict, rows: list) -> str:
     """`<workdir>/report.md`: curves (PNG) and hacking statistics, first vs last iterations."""
-    path = os.path.join(workdir, "report.md")
+    path = paths.join(workdir, "report.md")
     sections = [f"# PPO, scheme {summary['scheme']}",
                 f"{summary['steps']} iterations; policy `{summary['policy']}`, reward model "
                 f"`{summary['reward_model']}`; final KL coefficient {summary['kl_coef_final']:.4f}; "
@@ -77,7 +76,7 @@ def write_report(workdir: str, summary: dict, rows: list) -> str:
     train_rows = training_rows(rows)
     for i, keys in enumerate(CURVES):
         png = report.plot_metric_curves({summary["scheme"]: train_rows}, list(keys),
-                                        os.path.join(workdir, f"curves_{i}.png"))
+                                        paths.join(workdir, f"curves_{i}.png"))
         if png:
             sections.append(report.image_link(png, workdir, alt=", ".join(keys)))
     return report.write_markdown(path, *sections)

@@ -1,8 +1,7 @@
 """A reward-model stage's report: step/outcome AUC, flaw detection, best-of-N."""
 from __future__ import annotations
 
-
-import os
+from jaxstep import paths
 from jaxstep.reports import markdown as report_lib
 from jaxstep.rm.evaluation import standard_error
 from jaxstep.metrics import read_metrics
@@ -78,7 +77,7 @@ def report_sections(result: dict) -> list[str]:
 def write_report(path: str, result: dict, *, title: str = "Reward model", info: dict | None = None,
                  metrics_path: str | None = None) -> str:
     """Writes `report.md` (tables, plus loss/accuracy and best-of-N plots as PNG)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = paths.parent(path)
     parts = [f"# {title}"]
     if info:
         keep = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}  # lists: per-problem data
@@ -88,9 +87,9 @@ def write_report(path: str, result: dict, *, title: str = "Reward model", info: 
                 rows.extend([[f"{k}.{kk}", _fmt(vv) if isinstance(vv, float) else vv] for kk, vv in v.items()])
         parts.append("## Data\n\n" + report_lib.markdown_table(["field", "value"], rows))
     parts.extend(report_sections(result))
-    if metrics_path and os.path.isfile(metrics_path):
+    if metrics_path and paths.isfile(metrics_path):
         png = report_lib.plot_metric_curves({"": read_metrics(metrics_path)}, ["loss", "accuracy"],
-                                            os.path.join(folder, "training.png"), title="training")
+                                            paths.join(folder, "training.png"), title="training")
         if png:
             parts.append("## Training\n\n" + report_lib.image_link(png, folder, "training curves"))
     if result["problems"]:
@@ -102,7 +101,7 @@ def write_report(path: str, result: dict, *, title: str = "Reward model", info: 
         series["random"] = result["baselines"]["random"][result["n"]]
         if "greedy" in result["baselines"]:
             series["greedy"] = result["baselines"]["greedy"]
-        png = report_lib.plot_accuracy_bars(series, os.path.join(folder, "best_of_n.png"),
+        png = report_lib.plot_accuracy_bars(series, paths.join(folder, "best_of_n.png"),
                                             title=f"best of {result['n']}")
         parts.append(report_lib.image_link(png, folder, "best-of-N accuracy"))
     return report_lib.write_markdown(path, *parts)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from jaxstep import generation, workdir as workdir_lib
-from jaxstep.data import synthetic
+from jaxstep import generation, paths, workdir as workdir_lib
 from jaxstep.data import sources
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
@@ -30,6 +28,8 @@ from jaxstep.models import build as model_build
 from jaxstep.models.reward_io import KINDS
 from jaxstep.parallel import placement
 from jaxstep.rewards.losses import LOSSES
+from jaxstep.data import step_checks
+from jaxstep.rm import label_files
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def generator_path(config, workdir: str) -> str:
     if config.rm.generator:
         return config.rm.generator
     default = workdir_lib.default_input(workdir, "sft")
-    return default if os.path.isdir(default) else ""
+    return default if paths.agree(placement.is_main_process() and paths.isdir(default)) else ""
 
 
 def max_len(config) -> int:
@@ -138,9 +138,9 @@ def _label_samples(problems, texts, delimiter, rule):
 def corruption_kinds(spec: str) -> tuple[str, ...]:
     """ "arithmetic, operand" -> ("arithmetic", "operand"), validated; "" = every kind."""
     kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
-    bad = [k for k in kinds if k not in synthetic.KINDS]
+    bad = [k for k in kinds if k not in step_checks.KINDS]
     if bad:
-        raise ValueError(f"rm.corruption_kinds={spec!r}: unknown kind(s) {bad}; expected a comma list of {synthetic.KINDS}")
+        raise ValueError(f"rm.corruption_kinds={spec!r}: unknown kind(s) {bad}; expected a comma list of {step_checks.KINDS}")
     return kinds
 
 
@@ -171,34 +171,44 @@ def _contrast_solutions(config, problems: Sequence[Problem], key: jax.Array) -> 
 def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array) -> StageData:
     """Builds (or reads back from `<workdir>/data/`) the stage's training and eval data."""
     r, d = config.rm, config.data
-    folder = os.path.join(workdir, DATA_DIR)
-    train_file = os.path.join(folder, "train.jsonl")
-    samples_file = os.path.join(folder, "eval_samples.jsonl")
-    records_file = os.path.join(folder, "eval_records.jsonl")
-    info_file = os.path.join(folder, "info.json")
-    if all(os.path.isfile(f) for f in (train_file, samples_file, records_file, info_file)):
-        with open(info_file, encoding="utf-8") as f:
-            info = json.load(f)
+    folder = paths.join(workdir, DATA_DIR)
+    train_file = paths.join(folder, "train.jsonl")
+    samples_file = paths.join(folder, "eval_samples.jsonl")
+    records_file = paths.join(folder, "eval_records.jsonl")
+    info_file = paths.join(folder, "info.json")
+    built = placement.is_main_process() and all(
+        paths.isfile(f) for f in (train_file, samples_file, records_file, info_file))
+    if paths.agree(built):  # decided on process 0: every process reuses, or every one builds
+        info = json.loads(paths.read_text(info_file))
         logger.info("%s: reusing the training data in %s", kind, folder)
         return StageData(labels_lib.load_records(train_file), labels_lib.load_records(samples_file),
                          labels_lib.load_records(records_file), info.get("greedy_accuracy"), info)
 
     delimiter = d.step_delimiter
     k_sample, k_balance, k_mc, k_split, k_eval, k_pairs = jax.random.split(key, 6)
-    info: dict[str, Any] = {"kind": kind, "labels": r.labels if kind == "prm" else "outcome",
+    orm_prm800k = kind == "orm" and r.get("orm_labels") == "prm800k"  # PRM800K outcome labels
+    info: dict[str, Any] = {"kind": kind, "labels": r.labels if kind == "prm" else
+                            ("prm800k outcome" if orm_prm800k else "outcome"),
                             "loss": r.loss if kind == "prm" else "bce"}
     eval_records: list = []
     started = time.time()
 
     if kind == "orm" and r.solutions_path:
-        records = labels_lib.read_labeled_solutions(
+        records = label_files.read_labeled_solutions(
             r.solutions_path, delimiter=delimiter, limit=r.num_problems or None,
             skip_bad_records=d.skip_bad_records)
+        records, eval_records = _split_held_out(records, r.eval_fraction, k_split)
+    elif orm_prm800k:
+        if not r.prm800k_path:
+            raise ValueError("rm.orm_labels='prm800k' needs rm.prm800k_path (a PRM800K .jsonl file or folder)")
+        records = label_files.prm800k_outcome_labels(r.prm800k_path, skip_bad_records=d.skip_bad_records,
+                                                    delimiter=delimiter)
+        records = records[:r.num_problems] if r.num_problems else records
         records, eval_records = _split_held_out(records, r.eval_fraction, k_split)
     elif kind == "prm" and r.labels == "prm800k":
         if not r.prm800k_path:
             raise ValueError("rm.labels='prm800k' needs rm.prm800k_path (a PRM800K .jsonl file or folder)")
-        step_records, pairs = labels_lib.prm800k_labels(
+        step_records, pairs = label_files.prm800k_labels(
             r.prm800k_path, neutral_is_positive=r.neutral_is_positive,
             skip_bad_records=d.skip_bad_records, delimiter=delimiter)
         step_records, eval_records = _split_held_out(step_records, r.eval_fraction, k_split)
@@ -233,7 +243,7 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
             unlabelled = labels_lib.outcome_labels(sample_problems, texts, delimiter=delimiter)
             records = montecarlo.montecarlo_labels(
                 unlabelled, make_completer(config, generator, mesh), num_completions=r.mc_samples,
-                key=k_mc, cache_path=os.path.join(folder, "montecarlo.jsonl"), mode=r.mc_mode,
+                key=k_mc, cache_path=paths.join(folder, "montecarlo.jsonl"), mode=r.mc_mode,
                 delimiter=delimiter, chunk=r.mc_chunk)
         else:
             raise ValueError(f"rm.labels must be one of {LABEL_SOURCES}, got {r.labels!r}")
@@ -277,9 +287,7 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
         labels_lib.save_records(train_file, records)
         labels_lib.save_records(samples_file, eval_samples)
         labels_lib.save_records(records_file, eval_records)
-        with open(info_file + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(workdir_lib.jsonable(info), f, indent=2)
-        os.replace(info_file + ".tmp", info_file)
+        paths.write_text(info_file, json.dumps(workdir_lib.jsonable(info), indent=2))
     placement.sync("jaxstep_rm_data")
     return StageData(records, eval_samples, eval_records, greedy_accuracy, info)
 

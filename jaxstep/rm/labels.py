@@ -9,15 +9,16 @@ cleaned (`clean_step`) so that none holds the delimiter itself.
 
 Sources:
   * `exact_labels`: steps of generated solutions to synthetic problems labelled by
-    `synthetic.label_steps`; `corrupted_solutions` / `reference_solutions` add flawed /
+    `step_checks.label_steps`; `corrupted_solutions` / `reference_solutions` add flawed /
     correct references when the samples lack one class (`balance_classes`).
-  * `prm800k_labels`: per-step ratings (1 good, 0 neutral -> `neutral_is_positive`,
+  * `prm800k_outcome_labels`: PRM800K solutions labelled by final-answer correctness (ORM).
+  * `jaxstep.rm.label_files.prm800k_labels`: per-step ratings (1 good, 0 neutral -> `neutral_is_positive`,
     -1 bad) of every rated alternative after the path's prefix, and Bradley-Terry
     pairs of alternatives of the same step.
   * `jaxstep.rm.montecarlo.montecarlo_labels` (Math-Shepherd): from each step prefix, N completions by the
     generator; soft label = fraction reaching the reference answer, hard = any does.
     Finished solutions are appended to a JSON-lines cache, so a rerun resumes.
-  * `outcome_labels` / `read_labeled_solutions`: solution-level labels for the ORM.
+  * `outcome_labels` / `jaxstep.rm.label_files.read_labeled_solutions`: solution-level labels for the ORM.
   * `preference_pairs`: Bradley-Terry pairs from any step labels (two solutions of one
     problem with the same prefix whose next steps differ in label).
 """
@@ -26,16 +27,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import jax
 import numpy as np
 
-from jaxstep.data import formatting, grading, prm800k, synthetic
+from jaxstep import paths
+from jaxstep.data import formatting, grading
 from jaxstep.data.jsonio import iter_records
 from jaxstep.data.problem import DataError, ErrorPolicy, Problem
-from jaxstep.data.steps import strip_calculator
+from jaxstep.data import step_checks
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,9 @@ def split_solution(text: str, delimiter: str = formatting.DEFAULT_DELIMITER) -> 
 
 
 def save_records(path: str, records: Iterable[StepLabels | StepPreference]) -> str:
-    """Writes records as JSON lines (atomically: a partial file is never left)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Writes records as JSON lines, whole (a partial file is never left; local or
+    remote, `jaxstep.paths.write_text`)."""
+    return paths.write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
 
 
 def load_records(path: str) -> list[StepLabels | StepPreference]:
@@ -150,7 +146,7 @@ def load_records(path: str) -> list[StepLabels | StepPreference]:
 def exact_labels(problems: Sequence[Problem], texts: Sequence[str], *,
                  delimiter: str = formatting.DEFAULT_DELIMITER, origin: str = "sample",
                  rule: str = "valid") -> list[StepLabels]:
-    """Exact step labels of solutions to synthetic problems (`synthetic.label_steps`).
+    """Exact step labels of solutions to synthetic problems (`step_checks.label_steps`).
 
     Args:
       problems, texts: aligned; `texts[i]` is a generated solution to `problems[i]`.
@@ -161,7 +157,7 @@ def exact_labels(problems: Sequence[Problem], texts: Sequence[str], *,
     out = []
     for problem, text in zip(problems, texts):
         steps = split_solution(text, delimiter)
-        labels = synthetic.label_steps(problem, steps, rule=rule)
+        labels = step_checks.label_steps(problem, steps, rule=rule)
         out.append(StepLabels(problem, steps, tuple(float(x) for x in labels),
                               grading.is_correct(text, problem.answer), origin))
     return out
@@ -178,9 +174,9 @@ def reference_solutions(problems: Sequence[Problem]) -> list[StepLabels]:
 
 def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
                         rule: str = "valid", kinds: Sequence[str] | None = None) -> list[StepLabels]:
-    """One `synthetic.corrupt` solution per problem with its exact labels (answer line last).
+    """One `step_checks.corrupt` solution per problem with its exact labels (answer line last).
 
-    `kinds` restricts the corruption to a subset of `synthetic.KINDS` (one drawn per
+    `kinds` restricts the corruption to a subset of `step_checks.KINDS` (one drawn per
     problem); None = any. Problems that cannot be corrupted are skipped.
     """
     out = []
@@ -188,15 +184,15 @@ def corrupted_solutions(problems: Sequence[Problem], key: jax.Array, *,
         k = jax.random.fold_in(key, i)
         kind = None if not kinds else str(kinds[int(jax.random.randint(k, (), 0, len(kinds)))])
         try:
-            c = synthetic.corrupt(p, k, rule=rule, kind=kind)
+            c = step_checks.corrupt(p, k, rule=rule, kind=kind)
         except ValueError:
             continue
         out.append(_corrupted_record(p, c))
     return out
 
 
-def _corrupted_record(problem: Problem, c: synthetic.CorruptedSolution) -> StepLabels:
-    """A `synthetic.corrupt` solution as StepLabels (the answer line last)."""
+def _corrupted_record(problem: Problem, c: step_checks.CorruptedSolution) -> StepLabels:
+    """A `step_checks.corrupt` solution as StepLabels (the answer line last)."""
     steps = tuple(clean_step(s) for s in c.steps) + (formatting.ANSWER_PREFIX + c.answer,)
     labels = tuple(float(x) for x in c.labels) + (float(c.answer_correct),)
     return StepLabels(problem, steps, labels, c.answer_correct, "corrupt")
@@ -219,7 +215,7 @@ class FlawPair:
 def flaw_pairs(problems: Sequence[Problem], key: jax.Array, *,
                kinds: Sequence[str] = ("arithmetic", "operand"),
                rule: str = "reference") -> list[FlawPair]:
-    """One minimal pair per synthetic problem and flaw kind (`synthetic.corrupt`).
+    """One minimal pair per synthetic problem and flaw kind (`step_checks.corrupt`).
 
     Kinds whose flaw sits in one step (a wrong result, a wrong operand); "skip" and
     "repeat" shift the later steps, so they make no pair. Problems that cannot take a
@@ -230,7 +226,7 @@ def flaw_pairs(problems: Sequence[Problem], key: jax.Array, *,
     for j, kind in enumerate(kinds):
         for i, (p, ref) in enumerate(zip(problems, refs)):
             try:
-                c = synthetic.corrupt(p, jax.random.fold_in(jax.random.fold_in(key, j), i), kind=kind, rule=rule)
+                c = step_checks.corrupt(p, jax.random.fold_in(jax.random.fold_in(key, j), i), kind=kind, rule=rule)
             except ValueError:
                 continue
             flawed = _corrupted_record(p, c)
@@ -256,7 +252,7 @@ def balance_classes(records: list[StepLabels], problems: Sequence[Problem], key:
     A strong generator rarely errs, a weak one rarely is right; either way a reward
     model needs both classes. `by` = "steps" balances the step labels (PRM),
     "outcome" the final-answer labels (ORM). Added solutions cycle through `problems`
-    (synthetic ones: `synthetic.corrupt` needs their one-operation steps).
+    (synthetic ones: `step_checks.corrupt` needs their one-operation steps).
     """
     if by not in ("steps", "outcome"):
         raise ValueError(f"balance_classes: by must be 'steps' or 'outcome', got {by!r}")
@@ -302,115 +298,7 @@ def outcome_labels(problems: Sequence[Problem], texts: Sequence[str], *,
     return out
 
 
-_A_LINE_PREFIX = "A:"
-
-
-def _gsm8k_solution_steps(solution: str, delimiter: str) -> tuple[str, ...]:
-    """GSM8K example-model solution -> our steps: calculator marks dropped, "A: N" -> "#### N"."""
-    steps = []
-    for line in strip_calculator(solution).split("\n"):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith(_A_LINE_PREFIX):
-            line = formatting.ANSWER_PREFIX + line[len(_A_LINE_PREFIX):].strip()
-        steps.append(clean_step(line, delimiter))
-    return tuple(s for s in steps if s)
-
-
-def read_labeled_solutions(path: str, *, delimiter: str = formatting.DEFAULT_DELIMITER,
-                           limit: int | None = None, skip_bad_records: bool = False) -> list[StepLabels]:
-    """Pre-labelled solutions for the ORM from a JSON-lines file.
-
-    Formats (detected per record):
-      * GSM8K `example_model_solutions.jsonl`: `question`, `ground_truth` (ending in
-        "A: N") and objects (e.g. "6b_finetuning") holding `solution` and `is_correct`;
-        one StepLabels per such object.
-      * flat: `question`, `solution`, `is_correct`, optional `answer`.
-      * `save_records` output (`problem`, `steps`, `labels`, ...).
-
-    Args:
-      limit: read at most this many records (lines), None = all.
-    """
-    policy = ErrorPolicy(skip_bad_records)
-    out: list[StepLabels] = []
-    for n, (line, record) in enumerate(iter_records(path, policy)):
-        if limit is not None and n >= limit:
-            break
-        try:
-            out.extend(_labeled_from_record(record, path, line, delimiter))
-        except DataError as e:
-            policy.handle(e)
-    policy.report(f"read_labeled_solutions({path!r})")
-    return out
-
-
-def _labeled_from_record(record: Any, path: str, line: int | None, delimiter: str) -> list[StepLabels]:
-    if not isinstance(record, dict):
-        raise DataError(path, line, f"expected a JSON object, got {type(record).__name__}")
-    if "problem" in record and "steps" in record:
-        return [StepLabels.from_json(record)]
-    question = record.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(path, line, "missing or empty string field 'question'")
-    pid = f"{os.path.basename(path)}:{line}"
-    if "solution" in record:
-        entries = {"solution": record}
-        answer = record.get("answer")
-    else:
-        entries = {k: v for k, v in record.items() if isinstance(v, dict) and "solution" in v}
-        truth = record.get("ground_truth")
-        answer = grading.extract_answer(truth) if isinstance(truth, str) else None
-    if not entries:
-        raise DataError(path, line, "no solution: expected 'solution' + 'is_correct', or objects "
-                        "holding them (GSM8K example_model_solutions format)")
-    out = []
-    for name, entry in entries.items():
-        solution, correct = entry.get("solution"), entry.get("is_correct")
-        if not isinstance(solution, str) or not isinstance(correct, bool):
-            raise DataError(path, line, f"{name}: expected string 'solution' and boolean 'is_correct'")
-        steps = _gsm8k_solution_steps(solution, delimiter)
-        if not steps:
-            raise DataError(path, line, f"{name}: empty solution")
-        problem = Problem(question.strip(), (), str(answer or ""), "file", None, name, pid)
-        out.append(StepLabels(problem, steps, (None,) * len(steps), correct, "file"))
-    return out
-
-
 # ----------------------------------------------------------------------------- PRM800K
-
-def prm800k_labels(path: str, *, neutral_is_positive: bool = True, skip_flagged: bool = False,
-                   skip_bad_records: bool = False,
-                   delimiter: str = formatting.DEFAULT_DELIMITER) -> tuple[list[StepLabels], list[StepPreference]]:
-    """Step labels and Bradley-Terry pairs from PRM800K records.
-
-    Step labels: one StepLabels per rated alternative (and human step) at every step
-    position the labelled path reaches: the path's prefix (labelled along the path
-    where it has ratings) followed by the alternative, labelled 1 / 0 / -1 ->
-    1 / `neutral_is_positive` / 0. Pairs: alternatives of one step with different
-    ratings (1 > 0 > -1).
-    """
-    records = prm800k.read(path, skip_bad_records=skip_bad_records)
-    step_records: list[StepLabels] = []
-    pairs: list[StepPreference] = []
-    for sol in records:
-        problem = Problem(sol.problem, (), sol.ground_truth_answer or "", "prm800k", None, None, sol.id)
-        _, path_labels = prm800k.path_labels(sol, neutral_positive=neutral_is_positive)
-        for ex in prm800k.step_examples(sol, neutral_positive=neutral_is_positive, skip_flagged=skip_flagged):
-            prefix = tuple(clean_step(s, delimiter) for s in ex.prefix)
-            text = clean_step(ex.text, delimiter)
-            if not text or not all(prefix):
-                continue
-            prefix_labels = tuple(float(path_labels[i]) if i < len(path_labels) else None
-                                  for i in range(len(prefix)))
-            step_records.append(StepLabels(problem, prefix + (text,), prefix_labels + (float(ex.label),),
-                                           None, "prm800k"))
-        for pair in prm800k.preference_pairs(sol, skip_flagged=True):
-            prefix = tuple(clean_step(s, delimiter) for s in pair.prefix)
-            chosen, rejected = clean_step(pair.chosen, delimiter), clean_step(pair.rejected, delimiter)
-            if chosen and rejected and all(prefix):
-                pairs.append(StepPreference(problem, prefix, chosen, rejected))
-    return step_records, pairs
 
 
 # ----------------------------------------------------------------------------- pairs

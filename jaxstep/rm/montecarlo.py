@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import jax
 from tqdm.auto import tqdm
 
+from jaxstep import paths
 from jaxstep.data.problem import Problem
 from jaxstep.rm.labels import StepLabels, solution_text
 import dataclasses
@@ -39,9 +40,9 @@ def montecarlo_key(record: StepLabels, num_completions: int) -> str:
 def read_montecarlo_cache(path: str) -> dict[str, dict]:
     """The cache's finished solutions by key; a truncated last line (a crash) is ignored."""
     done: dict[str, dict] = {}
-    if not path or not os.path.isfile(path):
+    if not path or not paths.isfile(path):
         return done
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
         for raw in f:
             try:
                 row = json.loads(raw)
@@ -85,6 +86,8 @@ def montecarlo_labels(solutions: Sequence[StepLabels], complete: CompleteFn, *, 
         logger.info("montecarlo: %d of %d solutions found in %s", len(solutions) - len(todo),
                     len(solutions), cache_path)
     bar = _progress(len(todo), "montecarlo", progress)
+    # Process 0 appends to a local copy of a remote cache and pushes it after each chunk.
+    staged = paths.Staged(cache_path) if cache_path and jax.process_index() == 0 else None
     for start in range(0, len(todo), chunk):
         ids = todo[start:start + chunk]
         queries: list[tuple[int, int]] = []  # (solution index, step k)
@@ -115,8 +118,9 @@ def montecarlo_labels(solutions: Sequence[StepLabels], complete: CompleteFn, *, 
                    "num_completions": num_completions}
             done[keys[i]] = row
             rows.append(row)
-        if cache_path:
-            _append_lines(cache_path, rows)
+        if staged is not None:
+            _append_lines(staged.local, rows)
+            staged.push()
         bar.update(len(ids))
     bar.close()
     out = []

@@ -1,0 +1,155 @@
+"""The figures and the markdown of stage `plan` (`jaxstep.stages.plan`).
+
+`summarize` turns the per-program `jaxstep.parallel.aot.analyze` reports into the plan:
+per-call FLOPs and roofline seconds, the seconds of one PPO iteration and the update's
+estimated MFU; `markdown` writes plan.md.
+
+How the figures are counted (all per chip):
+  * peak bytes: arguments + outputs - donated aliases + temporaries + generated code,
+    everything resident at once (the TPU compiler's own HBM check), and `fits` compares
+    the larger of that and XLA's heap-simulated peak with the chip's HBM.
+  * XLA's cost analysis counts a loop body once, so a program's FLOPs and HBM bytes
+    are multiplied by its main loop's trip count (`info["loops"]`: gradient-accumulation
+    microbatches; PPO epochs x minibatches). The sampler is estimated analytically
+    instead: prefill 2 N B P / chips FLOPs; each of the R decode steps
+    max(2 N B / chips / peak, (N bytes + KV cache bytes per chip) / HBM bandwidth),
+    the weights read once per step in the compute dtype (FSDP gathers them all).
+  * roofline seconds = max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth): a lower
+    bound (no collectives, no host time).
+  * update MFU = model FLOPs / (peak x roofline seconds), model FLOPs per token of
+    policy and critic 6 N + 12 L H D T (PaLM, appendix B), x epochs; an upper bound.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from jaxstep import models
+from jaxstep.models import shapes
+from jaxstep.parallel.aot import GiB
+
+# Published HBM bandwidth per chip, bytes/s (Cloud TPU system architecture pages):
+# v4 1200 GB/s, v5e 819 GB/s, v5p 2765 GB/s, v6e 1640 GB/s.
+HBM_BANDWIDTH = {"v4": 1.2e12, "v5e": 8.19e11, "v5p": 2.765e12, "v6e": 1.64e12}
+
+
+def size(b) -> str:
+    if b is None:
+        return "?"
+    return f"{b / GiB:.2f} GiB" if abs(b) >= GiB / 10 else f"{b / 2 ** 20:.1f} MiB"
+
+
+def _seconds(flops, bytes_, peak, bandwidth):
+    if not peak or flops is None:
+        return None
+    return max(flops / peak, (bytes_ or 0.0) / bandwidth if bandwidth else 0.0)
+
+
+def _model_dims(config, which: str):
+    cfg = shapes.model_config(config, shapes.model_paths(config)[which])
+    return cfg
+
+
+def _sampler_estimate(config, topo, info: dict, params: int, bandwidth) -> dict:
+    """Analytic prefill + decode FLOPs and seconds of one rollout (see the module docstring)."""
+    import jax.numpy as jnp
+    cfg = _model_dims(config, "policy")
+    n, B, P, R = topo.num_chips, info["rollout_batch"], info["prompt_len"], info["new_tokens"]
+    width = jnp.dtype(config.model.dtype).itemsize
+    prefill = 2.0 * params * B * P / n
+    step_flops = 2.0 * params * B / n
+    kv = 2.0 * cfg.num_layers * B * cfg.num_kv_heads * cfg.head_size * (P + R / 2) * width / n
+    step_bytes = params * width + kv
+    peak = topo.peak_flops
+    out = dict(flops=prefill + R * step_flops, bytes=R * step_bytes)
+    if peak:
+        out["seconds"] = prefill / peak + R * _seconds(step_flops, step_bytes, peak, bandwidth)
+    return out
+
+
+def summarize(config, topo, mesh_shape: dict, reports: dict[str, dict]) -> dict[str, Any]:
+    """The plan dict written to plan.json (see the module docstring for the estimates)."""
+    peak, bandwidth = topo.peak_flops, HBM_BANDWIDTH.get(topo.kind)
+    for name, rep in reports.items():
+        info, loops = rep["info"], rep["info"].get("loops", 1)
+        if rep["flops"] is None:
+            rep.update(flops_per_call=None, bytes_per_call=None, roofline_seconds=None)
+            continue
+        if name == "sampler":
+            params = info.get("params") or _params_of(reports, config)
+            est = _sampler_estimate(config, topo, info, params, bandwidth)
+            rep.update(flops_per_call=est["flops"], bytes_per_call=est["bytes"],
+                       roofline_seconds=est.get("seconds"))
+        else:
+            rep.update(flops_per_call=rep["flops"] * loops, bytes_per_call=rep["bytes_accessed"] * loops)
+            rep["roofline_seconds"] = _seconds(rep["flops_per_call"], rep["bytes_per_call"], peak, bandwidth)
+    run: dict[str, Any] = {}
+    ppo_parts = [reports.get(n, {}).get("roofline_seconds") for n in ("sampler", "scorer", "update")]
+    if all(s is not None for s in ppo_parts):
+        run["seconds_per_ppo_iteration"] = sum(ppo_parts)
+        run["ppo_iteration_parts"] = dict(zip(("rollout", "scorer", "update"), ppo_parts))
+    if "update" in reports and reports["update"].get("roofline_seconds"):
+        rep = reports["update"]
+        info = rep["info"]
+        tokens = info["batch"] * info["length"] * config.ppo.epochs / topo.num_chips
+        cfg = _model_dims(config, "policy")
+        attention = 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_size * info["length"]
+        model_flops = tokens * (6.0 * info["policy_params"] + attention)
+        if info.get("critic"):
+            model_flops += tokens * (6.0 * info["critic_params"] + attention)
+        run["update_model_flops_per_chip"] = model_flops
+        run["update_mfu_estimate"] = model_flops / (peak * rep["roofline_seconds"])
+    for stage in ("sft", "rm"):
+        if reports.get(stage, {}).get("roofline_seconds"):
+            run[f"{stage}_seconds_per_step"] = reports[stage]["roofline_seconds"]
+    return dict(topology=topo.name, chips=topo.num_chips, hbm_bytes=topo.hbm_bytes, peak_flops=peak,
+                hbm_bandwidth=bandwidth, mesh=mesh_shape, remat=config.model.get("remat", "none"),
+                logits_chunk=config.model.get("logits_chunk", 0),
+                fits=all(r["fits"] for r in reports.values()), programs=reports, run=run)
+
+
+def _params_of(reports, config) -> int:
+    for name in ("sft", "update"):
+        info = reports.get(name, {}).get("info", {})
+        if info.get("params") or info.get("policy_params"):
+            return info.get("params") or info["policy_params"]
+    return shapes.count_params(models.abstract_params(_model_dims(config, "policy")))
+
+
+def markdown(plan: dict) -> str:
+    """plan.md: one table row per program, then the run's estimates."""
+    def num(x, fmt="{:.3g}"):
+        return "?" if x is None else fmt.format(x)
+
+    lines = [f"# Plan for {plan['topology']}", "",
+             f"{plan['chips']} chips, {size(plan['hbm_bytes'])} HBM each; mesh {plan['mesh']}; "
+             f"remat {plan['remat']}; logits_chunk {plan['logits_chunk']}. Bytes are per chip; "
+             "peak = arguments + outputs - donated + temporaries + code (the larger of that and "
+             "XLA's heap simulation decides `fits`).", "",
+             "| program | fits | peak | arguments | outputs | donated | temporaries | code | TFLOP/call | "
+             "roofline s | compile s | shapes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in plan["programs"].items():
+        shapes = ", ".join(f"{k} {v}" for k, v in r["info"].items() if k not in ("loops",))
+        flops = r.get("flops_per_call")
+        lines.append(
+            f"| {name} | {'yes' if r['fits'] else '**NO**'} | {size(r['peak_bytes'])} | "
+            f"{size(r['argument_bytes'])} | {size(r['output_bytes'])} | {size(r['alias_bytes'])} | "
+            f"{size(r['temp_bytes'])} | "
+            f"{size(r['generated_code_bytes'])} | {num(None if flops is None else flops / 1e12)} | "
+            f"{num(r.get('roofline_seconds'))} | {r['compile_seconds']:.0f} | {shapes} |")
+    run = plan["run"]
+    lines += ["", "## Run estimates (lower bounds on time: roofline, no collectives)", ""]
+    if "seconds_per_ppo_iteration" in run:
+        parts = ", ".join(f"{k} {v:.3g} s" for k, v in run["ppo_iteration_parts"].items())
+        lines.append(f"- PPO iteration: {run['seconds_per_ppo_iteration']:.3g} s ({parts})")
+    if "update_mfu_estimate" in run:
+        lines.append(f"- PPO update MFU (upper bound): {100 * run['update_mfu_estimate']:.1f}%")
+    for stage in ("sft", "rm"):
+        if f"{stage}_seconds_per_step" in run:
+            lines.append(f"- {stage} step: {run[f'{stage}_seconds_per_step']:.3g} s")
+    if not run:
+        lines.append("- none (no published peak FLOP/s for this topology)")
+    for name, r in plan["programs"].items():
+        if r.get("error"):
+            lines += ["", f"## {name}: does not fit", "", "```", r["error"][:1500], "```"]
+    return "\n".join(lines) + "\n"
