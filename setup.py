@@ -33,7 +33,9 @@ EXTRAS_REQUIRE = {
     # libtpu (a 213 MB wheel, 684 MB installed): runs on TPU VMs, and also compiles for a
     # TPU slice on any machine (jaxstep.parallel.aot; tests/test_aot.py skips without it
     # and fails with CI=true, so CI installs this extra too).
-    "tpu": ["jax[tpu]==0.10.2"],
+    # gcsfs: gs:// workdirs and data (etils.epath reads and writes them through fsspec).
+    "tpu": ["jax[tpu]==0.10.2", "gcsfs==2026.10.1"],
+    "gcs": ["gcsfs==2026.10.1"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tfds": ["tensorflow-datasets==4.9.10", "array-record"],
 }

@@ -33,6 +33,7 @@ STAGES = {
     "ppo": "ppo",
     "pipeline": "pipeline",
     "sweep": "sweep",
+    "plan": "plan",
 }
 
 
@@ -60,6 +61,8 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/ppo_prm_max.py")
     logging.getLogger().setLevel(logging.INFO)
+    if config.stage == "plan":  # before jax starts: cpu-N needs N host devices
+        importlib.import_module("jaxstep.stages.plan").prepare(config)
     distributed.maybe_initialize(config)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = resolve_workdir(config, _WORKDIR.value)

@@ -32,3 +32,14 @@ def shared_data() -> pathlib.Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture(scope="module")
+def tpu():
+    """The TPU compiler (libtpu, the `[tpu]` extra): skip without it, fail under CI."""
+    from jaxstep.parallel import aot  # noqa: PLC0415 (only the AOT tests need it)
+    if not aot.libtpu_available():
+        msg = 'the TPU compiler is not installed (pip install -e ".[tpu]")'
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)

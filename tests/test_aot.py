@@ -20,15 +20,6 @@ from jaxstep.parallel import rules as R
 GiB = 2 ** 30
 
 
-@pytest.fixture(scope="module")
-def tpu():
-    if not aot.libtpu_available():
-        msg = 'the TPU compiler is not installed (pip install -e ".[tpu]")'
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 # ----------------------------------------------------------------------------- topology
 
 

@@ -9,11 +9,13 @@ import pytest
 
 from jaxstep import config_lib
 from jaxstep.parallel import rules as rules_lib
+from jaxstep.data import step_checks
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
 # Fields a preset leaves to the command line (the run needs them).
-REQUIRED = {("train_prm", "prm800k"): {"rm.prm800k_path": "/data/prm800k/phase2_train.jsonl"}}
+REQUIRED = {("train_prm", "prm800k"): {"rm.prm800k_path": "/data/prm800k/phase2_train.jsonl"},
+            ("train_orm", "prm800k"): {"rm.prm800k_path": "/data/prm800k/phase2_train.jsonl"}}
 # configs/ppo_<file suffix>.py -> its ppo.scheme.
 PPO_FILES = {"ppo_orm": "orm", "ppo_prm_avg": "prm_avg", "ppo_prm_prod": "prm_prod",
              "ppo_prm_min": "prm_min", "ppo_prm_max": "prm_max", "ppo_prm_dense": "prm_dense",
@@ -197,10 +199,9 @@ def test_device_checks_need_the_device_count():
 
 
 def test_names_come_from_their_modules():
-    from jaxstep.data import synthetic
     from jaxstep.rewards import shaping
     assert config_lib.SCHEMES == tuple(shaping.SCHEMES)
-    assert config_lib.CORRUPTION_KINDS == tuple(synthetic.KINDS)
+    assert config_lib.CORRUPTION_KINDS == tuple(step_checks.KINDS)
     main = pytest.importorskip("jaxstep.main")
     assert set(main.STAGES) == set(config_lib.STAGES)
 

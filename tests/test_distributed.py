@@ -10,7 +10,6 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

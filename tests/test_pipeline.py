@@ -154,7 +154,7 @@ def test_sweep_reuses_stages_and_writes_one_table(tmp_path):
     report = open(os.path.join(root, "report.md")).read()
     comparison = report.split("## Comparison")[1].split("##")[0]
     table = [line for line in comparison.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| scheme | accuracy")
+    assert table[0].startswith("| scheme | estimator | accuracy") and table[0].rstrip().endswith("| s/iter. |")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["SFT (start)", "prm_max", "orm"]
     with pytest.raises(ValueError, match="unknown scheme"):
         stage_sweep.parse_schemes("prm_max,prm_median")

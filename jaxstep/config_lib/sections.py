@@ -24,6 +24,9 @@ def model_config() -> ml_collections.ConfigDict:
     m.max_position_embeddings = 512
     m.rope_theta = 10000.0
     m.tie_word_embeddings = True
+    # Memory knobs of every stage that trains (SFT, reward model, PPO policy and critic).
+    m.remat = "none"  # per-layer rematerialisation: none | full | dots | dots_no_batch | offload (jaxstep.models.decoder.remat_policy)
+    m.logits_chunk = 0  # >0: SFT loss and PPO log-probs run the LM head over this many positions at a time, never building [batch, time, vocab] logits (0 = off)
     return m
 
 
@@ -44,6 +47,8 @@ def data_config() -> ml_collections.ConfigDict:
     d.tokenizer = ""  # HF tokenizer folder; "" = train a tiny BPE on the synthetic corpus
     d.tokenizer_vocab_size = 256  # size of the tiny BPE tokenizer
     d.max_prompt_len = 64  # prompts are left-padded to this many tokens (truncated left)
+    # "plain": "Question: ...\nAnswer:\n"; "chat": the tokenizer's chat template (one user turn)
+    d.prompt_template = "plain"
     d.max_response_len = 96  # solutions/rollouts are cut at this many tokens
     d.step_delimiter = "\n"  # text that ends one reasoning step
     d.skip_bad_records = False  # skip (and count) malformed records instead of failing
@@ -94,6 +99,7 @@ def sft_config() -> ml_collections.ConfigDict:
     s.init_from = ""  # HF folder/hub name to fine-tune; "" = model.hf_path, else the tiny model from scratch
     s.steps = 500  # optimizer steps
     s.batch_size = 32  # global batch (sequences per step, split over the mesh's data axes)
+    s.microbatch_size = 0  # >0: accumulate gradients over microbatches of this many sequences (must divide batch_size; one optimizer step); 0 = none
     s.learning_rate = 5e-3  # peak AdamW learning rate
     s.end_lr_ratio = 0.1  # cosine decay ends at learning_rate * end_lr_ratio
     s.warmup_steps = 30  # linear warmup from 0 to learning_rate
@@ -141,7 +147,8 @@ def rm_config() -> ml_collections.ConfigDict:
     r.corruption_kinds = ""  # comma list of synthetic corruption kinds for those (arithmetic,operand,skip,repeat); "" = all
     r.contrast_problems = 0  # how many train problems get those (0 = the sampled ones); they cost no sampling
     r.min_class_fraction = 0.2  # exact/orm on synthetic: add corrupted (or reference) solutions until each class has this share
-    r.prm800k_path = ""  # PRM800K jsonl file or folder for labels=prm800k
+    r.orm_labels = "samples"  # orm labels: samples (the generator's, graded; or rm.solutions_path) | prm800k (PRM800K solutions graded by final answer)
+    r.prm800k_path = ""  # PRM800K jsonl file or folder for labels=prm800k or orm_labels=prm800k
     r.neutral_is_positive = True  # PRM800K rating 0 counts as a correct step
     r.solutions_path = ""  # orm: pre-labelled solutions (e.g. GSM8K example_model_solutions.jsonl) instead of sampling
     r.eval_fraction = 0.2  # prm800k / solutions_path: share of problems held out for the step/outcome AUC
@@ -154,6 +161,7 @@ def rm_config() -> ml_collections.ConfigDict:
     # Optimisation (AdamW, linear warmup then cosine decay).
     r.steps = 150  # optimizer steps (CPU default: ~1 min on 2 cores)
     r.batch_size = 32  # global batch: solutions (bce) or step pairs (bt) per step
+    r.microbatch_size = 0  # >0: accumulate gradients over microbatches of this many rows (must divide batch_size); 0 = none
     r.learning_rate = 1e-3  # peak learning rate
     r.end_lr_ratio = 0.1  # cosine decay ends at learning_rate * end_lr_ratio
     r.warmup_steps = 15  # linear warmup steps
@@ -201,6 +209,8 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.entropy_coef = 0.0  # entropy bonus weight
     p.gamma = 1.0  # GAE discount
     p.lam = 0.95  # GAE lambda
+    p.advantage = "gae"  # advantage estimator (jaxstep/rl/advantages.py): gae (the critic's GAE) | grpo | rloo | dr_grpo | reinforce_pp | grpo_process; all but gae are critic-free (no critic is built); grpo, rloo, dr_grpo, grpo_process need samples_per_prompt >= 2
+    p.loss_aggregation = ""  # policy-loss reduction: token_mean | seq_mean_token_mean | seq_mean_token_sum_norm; "" = the estimator's paper's (advantages.ESTIMATORS; gae: token_mean)
     p.whiten_advantages = True  # normalise advantages over the batch's response tokens
     p.normalize_rewards = False  # divide token rewards by the std of the per-sequence reward sums
     # Optimisation.
@@ -248,16 +258,28 @@ def sweep_config() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
     s.schemes = "orm,prm_max,prm_min,clip_delta"  # comma list of ppo.scheme values
     s.seeds = 1  # PPO runs per scheme (seed, seed+1, ...)
+    s.estimators = "gae"  # comma list of ppo.advantage values: every scheme runs with each (folders ppo_<scheme> for gae, ppo_<scheme>_<estimator> else)
     s.prm = ""  # PRM folder for the PRM schemes; "" = train it in <workdir>/prm
     s.orm = ""  # ORM folder for the orm scheme; "" = train it in <workdir>/orm (same SFT policy)
     return s
+
+
+def plan_config() -> ml_collections.ConfigDict:
+    """Stage plan: compile the experiment's programs ahead of time for a TPU slice (or
+    cpu-N) from abstract shapes and report per-chip memory, fits-in-HBM and FLOPs."""
+    p = ml_collections.ConfigDict()
+    p.topology = "v5e-8"  # accelerator type (v4-8, v5e-8, v5p-8, v6e-8, v5e:2x4, ...) or cpu-N
+    p.programs = "sft,rm,sampler,scorer,update"  # comma list of programs to compile
+    p.rm_steps = 32  # step slots per reward-model training row (prm; orm uses 1)
+    p.fail_on_oom = True  # exit non-zero when a program does not fit
+    return p
 
 
 def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     """Fields every stage reads, plus every stage's section (the chain runs them all)."""
     c = ml_collections.ConfigDict()
     c.name = name  # run name; the default workdir is runs/<name>
-    c.stage = stage  # sft | eval | orm | prm | ppo | pipeline | sweep
+    c.stage = stage  # sft | eval | orm | prm | ppo | pipeline | sweep | plan
     c.seed = 0  # every random choice derives from this
     c.workdir = ""  # "" = the --workdir flag, else runs/<name>
     c.model = model_config()
@@ -272,4 +294,5 @@ def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     c.ppo = ppo_config()
     c.pipeline = pipeline_config()
     c.sweep = sweep_config()
+    c.plan = plan_config()
     return c

@@ -16,22 +16,31 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jaxstep.data import synthetic
+from jaxstep.models.decoder import REMAT_POLICIES  # model.remat
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.rewards import shaping
+from jaxstep.rl import advantages, losses
+from jaxstep.data import formatting, step_checks
 
 # Valid values of the config's name fields (the stages may import them from here).
-STAGES = ("sft", "eval", "orm", "prm", "ppo", "pipeline", "sweep")  # config.stage
+STAGES = ("sft", "eval", "orm", "prm", "ppo", "pipeline", "sweep", "plan")  # config.stage
 PPO_STAGES = ("ppo", "pipeline", "sweep")  # stages that run PPO
+ESTIMATORS = tuple(advantages.ESTIMATORS)  # ppo.advantage, sweep.estimators (comma list)
+# Estimators that normalise over the responses to one prompt (ppo.samples_per_prompt >= 2).
+GROUP_ESTIMATORS = tuple(n for n, e in advantages.ESTIMATORS.items() if e.level in ("sequence", "step"))
+LOSS_AGGREGATIONS = ("",) + tuple(losses.LOSS_AGGREGATIONS)  # ppo.loss_aggregation ("" = the estimator's)
 SCHEMES = tuple(shaping.SCHEMES)  # ppo.scheme, sweep.schemes
 KL_ESTIMATORS = ("k1", "k3")  # ppo.kl_estimator
 CRITIC_INITS = ("reward_model", "policy")  # ppo.critic_init
 RM_KINDS = ("orm", "prm")  # rm.kind
 RM_LABELS = ("exact", "prm800k", "montecarlo")  # rm.labels
+ORM_LABELS = ("samples", "prm800k")  # rm.orm_labels
 RM_LOSSES = ("bce", "bt")  # rm.loss
-LABEL_RULES = ("reference", "valid")  # rm.label_rule (jaxstep.data.synthetic.label_steps)
+LABEL_RULES = ("reference", "valid")  # rm.label_rule (jaxstep.data.step_checks.label_steps)
 MC_MODES = ("hard", "soft")  # rm.mc_mode
-CORRUPTION_KINDS = tuple(synthetic.KINDS)  # rm.corruption_kinds (comma list)
+PLAN_PROGRAMS = ("sft", "rm", "sampler", "scorer", "update")  # plan.programs (comma list)
+CORRUPTION_KINDS = tuple(step_checks.KINDS)  # rm.corruption_kinds (comma list)
+PROMPT_TEMPLATES = tuple(formatting.PROMPT_TEMPLATES)  # data.prompt_template
 
 
 def comma_list(spec: str) -> list[str]:
@@ -80,11 +89,18 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
 
     p, r, s = config.ppo, config.rm, config.sweep
     one_of("stage", config.stage, STAGES)
+    one_of("data.prompt_template", config.data.get("prompt_template", "plain"), PROMPT_TEMPLATES)
     ways = _data_parallel(config, num_devices, errors)  # checks the mesh shape
     # PPO and sweep.
     one_of("ppo.scheme", p.scheme, SCHEMES)
     one_of("ppo.kl_estimator", p.kl_estimator, KL_ESTIMATORS)
     one_of("ppo.critic_init", p.critic_init, CRITIC_INITS)
+    one_of("ppo.advantage", p.advantage, ESTIMATORS)
+    one_of("ppo.loss_aggregation", p.loss_aggregation, LOSS_AGGREGATIONS)
+    estimators = comma_list(s.estimators)
+    bad = [x for x in estimators if x not in ESTIMATORS]
+    check(bool(estimators) and not bad, "sweep.estimators", s.estimators,
+          f"unknown estimator(s) {bad}; expected a comma list of {ESTIMATORS}" if bad else "no estimator")
     check(p.max_consecutive_skips >= 0, "ppo.max_consecutive_skips", p.max_consecutive_skips, "must be >= 0")
     schemes = comma_list(s.schemes)
     bad = [x for x in schemes if x not in SCHEMES]
@@ -101,6 +117,31 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
               f"minibatches{over}")
         check(p.rollout_batch < 1 or (p.samples_per_prompt >= 1 and batch % p.samples_per_prompt == 0),
               "ppo.samples_per_prompt", p.samples_per_prompt, f"must be >= 1 and divide the rollout batch {batch}")
+        used = estimators if config.stage == "sweep" else [p.advantage]
+        group = [x for x in used if x in GROUP_ESTIMATORS]
+        check(not group or p.samples_per_prompt >= 2, "ppo.samples_per_prompt", p.samples_per_prompt,
+              f"advantage {group[0] if group else ''!r} compares the responses to one prompt: it needs "
+              f"ppo.samples_per_prompt >= 2 (e.g. 4)")
+        free = [x for x in used if x in ESTIMATORS and not advantages.needs_critic(x)]
+        check(not free or p.critic_warmup_steps == 0, "ppo.critic_warmup_steps", p.critic_warmup_steps,
+              f"advantage {free[0] if free else ''!r} has no critic to warm up; set 0")
+    # Memory knobs (model.remat, model.logits_chunk, gradient accumulation).
+    m = config.model
+    one_of("model.remat", m.get("remat", "none"), REMAT_POLICIES)
+    check(m.get("logits_chunk", 0) >= 0, "model.logits_chunk", m.get("logits_chunk", 0), "must be >= 0 (0 = off)")
+    for name, section in (("sft", config.sft), ("rm", r)):
+        micro = section.get("microbatch_size", 0)
+        check(micro >= 0 and (micro == 0 or section.batch_size % micro == 0), f"{name}.microbatch_size",
+              micro, f"must be 0 (off) or divide {name}.batch_size={section.batch_size}")
+    if config.stage == "plan" and "plan" in config:
+        from jaxstep.parallel import aot  # noqa: PLC0415  (the TPU compiler loads lazily)
+        try:
+            aot.parse_topology(config.plan.topology)
+        except ValueError as e:
+            errors.append(f"plan.topology={config.plan.topology!r}: {e}")
+        bad = [x for x in comma_list(config.plan.programs) if x not in PLAN_PROGRAMS]
+        check(bool(comma_list(config.plan.programs)) and not bad, "plan.programs", config.plan.programs,
+              f"expected a comma list of {PLAN_PROGRAMS}")
     # Reward models.
     one_of("rm.kind", r.kind, RM_KINDS)
     one_of("rm.labels", r.labels, RM_LABELS)
@@ -110,6 +151,10 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
     bad = [x for x in comma_list(r.corruption_kinds) if x not in CORRUPTION_KINDS]
     check(not bad, "rm.corruption_kinds", r.corruption_kinds,
           f"unknown kind(s) {bad}; expected a comma list of {CORRUPTION_KINDS} ('' = all)")
+    one_of("rm.orm_labels", r.get("orm_labels", "samples"), ORM_LABELS)
+    if "orm" in trained_reward_models(config) and r.get("orm_labels") == "prm800k":
+        check(bool(r.prm800k_path), "rm.prm800k_path", r.prm800k_path,
+              "rm.orm_labels='prm800k' needs a PRM800K .jsonl file or folder")
     if "prm" in trained_reward_models(config):
         check(r.labels != "prm800k" or bool(r.prm800k_path), "rm.prm800k_path", r.prm800k_path,
               "rm.labels='prm800k' needs a PRM800K .jsonl file or folder")

@@ -23,9 +23,11 @@ import logging
 import os
 import time
 
-from jaxstep import workdir as workdir_lib
+from jaxstep import paths, workdir as workdir_lib
+from jaxstep.data import sources
 from jaxstep.data import tokenizer as tokenizer_lib
-from jaxstep.evaluation.policy import SAMPLES_FILE, evaluate_model, summarize, write_samples
+from jaxstep.evaluation.policy import (SAMPLES_FILE, evaluate_model, prompts_truncated, summarize,
+                                      write_samples)
 from jaxstep.models import build as model_build
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import placement
@@ -53,7 +55,7 @@ def run(config, workdir: str) -> dict:
     started = time.time()
     e = config.eval
     model_path = e.model or workdir_lib.default_input(workdir, "sft")
-    if os.path.sep in model_path and not os.path.exists(model_path):
+    if (os.path.sep in model_path or paths.is_remote(model_path)) and not paths.exists(model_path):
         raise FileNotFoundError(f"eval: model folder {model_path} not found (set --config.eval.model)")
     tokenizer = tokenizer_lib.resolve_tokenizer(config, model_path)
     model, params = model_build.build_model(config, tokenizer, model_path)
@@ -61,10 +63,14 @@ def run(config, workdir: str) -> dict:
     params = placement.shard_params(params, model, mesh, config.mesh.rules)
     rows = evaluate_model(config, model, params, tokenizer, mesh=mesh)
     numbers = summarize(rows)
+    if prompts_truncated(rows):
+        logger.warning("eval: %d of %d prompts were longer than data.max_prompt_len=%d and lost "
+                       "their first tokens", prompts_truncated(rows), len(rows),
+                       config.data.max_prompt_len)
     label = _label(config, model_path)
     if placement.is_main_process():
-        os.makedirs(workdir, exist_ok=True)
-        write_samples(os.path.join(workdir, SAMPLES_FILE), rows)
+        paths.makedirs(workdir)
+        write_samples(paths.join(workdir, SAMPLES_FILE), rows)
         settings = {"decoding": "greedy" + (f"; pass@{e.pass_k} sampled at temperature "
                                             f"{config.sampler.temperature}" if e.pass_k else ""),
                     "max new tokens": e.max_new_tokens, "split": e.split,
@@ -76,6 +82,8 @@ def run(config, workdir: str) -> dict:
     summary = {"stage": "eval", "model": model_path, "label": label,
                "accuracy": {s: v["accuracy"] for s, v in numbers["sets"].items()},
                "overall_accuracy": numbers["overall"]["accuracy"], "sets": numbers["sets"],
-               "report": os.path.join(workdir, REPORT_FILE), "seconds": time.time() - started}
+               "data_skipped": sources.skipped_count(rows),
+               "prompts_truncated": prompts_truncated(rows),
+               "report": paths.join(workdir, REPORT_FILE), "seconds": time.time() - started}
     return workdir_lib.write_summary(workdir, summary)
 

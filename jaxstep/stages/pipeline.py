@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from typing import Any
 
-from jaxstep import workdir as workdir_lib
+from jaxstep import paths, workdir as workdir_lib
 from jaxstep.evaluation.hacking import eval_hacking_stats
 from jaxstep.evaluation.policy import SAMPLES_FILE, read_samples
 from jaxstep.evaluation.stats import accuracy_with_error, format_pm, mean_and_se, paired_difference, sampled_correct
@@ -54,11 +53,11 @@ class Chain:
 
     def __init__(self, config, root: str):
         self.config = config
-        self.root = os.path.abspath(root)
+        self.root = paths.absolute(root)
         self.timings: dict[str, dict[str, Any]] = {}
 
     def _run(self, name: str, module, config) -> dict:
-        workdir = os.path.join(self.root, name)
+        workdir = paths.join(self.root, name)
         reused = workdir_lib.is_done(workdir)
         started = time.time()
         summary = module.run(config, workdir)
@@ -76,7 +75,7 @@ class Chain:
         if self.config.ppo.policy:
             return self.config.ppo.policy
         summary = self._run("sft", sft, stage_config(self.config, "sft"))
-        return summary.get("export") or os.path.join(self.root, "sft", workdir_lib.EXPORT_DIR)
+        return summary.get("export") or paths.join(self.root, "sft", workdir_lib.EXPORT_DIR)
 
     def reward_model(self, kind: str, policy: str, given: str = "") -> str:
         """The reward-model folder: `given`, else the export of `<root>/<kind>`, trained on
@@ -87,11 +86,15 @@ class Chain:
         c.rm.kind = kind
         c.rm.generator = policy
         summary = self._run(kind, reward_model_stage, c)
-        return summary.get("export") or os.path.join(self.root, kind, workdir_lib.EXPORT_DIR)
+        return summary.get("export") or paths.join(self.root, kind, workdir_lib.EXPORT_DIR)
 
-    def ppo(self, name: str, *, scheme: str, policy: str, reward_model: str, seed: int) -> dict:
+    def ppo(self, name: str, *, scheme: str, policy: str, reward_model: str, seed: int,
+            advantage: str | None = None) -> dict:
+        """PPO in `<root>/<name>` with `scheme`, `seed` and (if given) `advantage`."""
         c = stage_config(self.config, "ppo")
         c.ppo.scheme = scheme
+        if advantage:
+            c.ppo.advantage = advantage
         c.ppo.policy = policy
         c.ppo.reward_model = reward_model
         c.seed = seed
@@ -105,7 +108,7 @@ class Chain:
         c.eval.limit = self.config.pipeline.eval_limit
         c.eval.batch_size = self.config.pipeline.eval_batch_size
         summary = self._run(name, evaluate, c)
-        rows = read_samples(os.path.join(self.root, name, SAMPLES_FILE))
+        rows = read_samples(paths.join(self.root, name, SAMPLES_FILE))
         return summary, rows
 
 
@@ -114,11 +117,11 @@ class Chain:
 def ppo_run_result(chain: Chain, name: str, summary: dict, eval_name: str, sft_rows, delimiter) -> dict:
     """Evaluates one finished PPO run and compares it with the SFT rows."""
     eval_summary, rows = chain.evaluate(eval_name, summary["export"], f"PPO {name}")
-    return {"name": name, "workdir": os.path.join(chain.root, name), "scheme": summary.get("scheme"),
+    return {"name": name, "workdir": paths.join(chain.root, name), "scheme": summary.get("scheme"),
             "eval": accuracy_with_error(rows), "difference": paired_difference(sft_rows, rows),
             "sampled_difference": paired_difference(sft_rows, rows, sampled_correct),
             "hacking_eval": eval_hacking_stats(rows, delimiter), "first": summary.get("first", {}),
-            "last": summary.get("last", {}), "eval_workdir": os.path.join(chain.root, eval_name),
+            "last": summary.get("last", {}), "eval_workdir": paths.join(chain.root, eval_name),
             "kl_coef_final": summary.get("kl_coef_final")}
 
 

@@ -21,8 +21,10 @@ One iteration:
 
 The critic is a separate scalar model initialised from the reward model
 (`ppo.critic_init = "reward_model"`) or from the SFT backbone with a fresh head
-("policy"). Orbax checkpoints hold the whole PPO state (policy and critic params and
-optimizer states, KL controller, step), the RNG key and the prompt loader's position,
+("policy"). A critic-free estimator (`ppo.advantage` grpo, rloo, dr_grpo, reinforce_pp,
+grpo_process; `jaxstep.rl.advantages`) builds, shards, scores with, updates and
+checkpoints no critic at all. Orbax checkpoints hold the whole PPO state (policy and
+critic params and optimizer states, KL controller, step), the RNG key and the prompt loader's position,
 so a restarted run continues exactly. A non-finite loss or gradient skips the update
 (params untouched); `ppo.max_consecutive_skips` such iterations in a row stop the run.
 At the end: greedy accuracy on `ppo.eval_limit` eval problems, `<workdir>/export` (HF
@@ -40,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstep import models
-from jaxstep import workdir as workdir_lib
-from jaxstep.data import batching, sources
+from jaxstep import paths, workdir as workdir_lib
+from jaxstep.data import batching, formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.evaluation.hacking import rollout_stats
 from jaxstep.evaluation.policy import greedy_eval
@@ -53,6 +55,7 @@ from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import rules as rules_lib
 from jaxstep.reports import ppo as report
 from jaxstep.rewards.shaping import reward_model_kind
+from jaxstep.rl import advantages as advantages_lib
 from jaxstep.rl import rollout as rollout_lib
 from jaxstep.rl import scorer as scorer_lib
 from jaxstep.rl import update as update_lib
@@ -86,7 +89,9 @@ def ppo_update_config(config) -> update_lib.PPOConfig:
         ent_coef=p.entropy_coef, kl_in_reward=k1, kl_loss_coef=0.0 if k1 else p.kl_coef,
         kl_target=p.target_kl if (p.adaptive_kl and k1) else None, kl_horizon=float(p.kl_horizon),
         whiten_advantages=p.whiten_advantages, normalize_rewards=p.normalize_rewards,
-        temperature=rollout_temperature(config))
+        temperature=rollout_temperature(config), advantage=p.advantage, group_size=p.samples_per_prompt,
+        loss_aggregation=p.loss_aggregation or advantages_lib.ESTIMATORS[p.advantage].loss_aggregation,
+        norm_length=config.data.max_response_len)
 
 
 def rollout_temperature(config) -> float:
@@ -99,7 +104,7 @@ def sample_settings(config) -> rollout_lib.SampleSettings:
     return rollout_lib.SampleSettings(
         max_prompt_len=d.max_prompt_len, max_new_tokens=d.max_response_len,
         max_steps=config.ppo.max_steps, temperature=rollout_temperature(config), top_k=s.top_k, top_p=s.top_p,
-        delimiter=d.step_delimiter)
+        delimiter=d.step_delimiter, template=formatting.config_template(config))
 
 
 def shaping_settings(config) -> scorer_lib.ShapingSettings:
@@ -111,16 +116,17 @@ def shaping_settings(config) -> scorer_lib.ShapingSettings:
 # ----------------------------------------------------------------------------- state I/O
 
 def state_to_tree(state: update_lib.PPOState) -> dict:
-    """PPOState -> plain dict (the checkpoint layout)."""
-    return {"policy_params": state.policy_params, "policy_opt_state": state.policy_opt_state,
+    """PPOState -> plain dict (the checkpoint layout; no critic keys without a critic)."""
+    tree = {"policy_params": state.policy_params, "policy_opt_state": state.policy_opt_state,
             "critic_params": state.critic_params, "critic_opt_state": state.critic_opt_state,
             "kl_coef": state.kl.coef, "step": state.step}
+    return {k: v for k, v in tree.items() if v is not None}
 
 
 def tree_to_state(tree: dict) -> update_lib.PPOState:
     return update_lib.PPOState(
         policy_params=tree["policy_params"], policy_opt_state=tree["policy_opt_state"],
-        critic_params=tree["critic_params"], critic_opt_state=tree["critic_opt_state"],
+        critic_params=tree.get("critic_params"), critic_opt_state=tree.get("critic_opt_state"),
         kl=KLState(coef=tree["kl_coef"]), step=tree["step"])
 
 
@@ -156,10 +162,10 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     p = config.ppo
     rm_kind = reward_model_kind(p.scheme)
     policy_path, rm_path = input_paths(config, workdir)
-    policy_is_hub_name = bool(p.policy) and not os.path.exists(p.policy)
+    policy_is_hub_name = bool(p.policy) and not paths.is_remote(p.policy) and not os.path.exists(p.policy)
     for what, path, field, stage, ok in (
-            ("SFT policy", policy_path, "ppo.policy", "sft", policy_is_hub_name or os.path.isdir(policy_path)),
-            ("reward model", rm_path, "ppo.reward_model", rm_kind, os.path.isdir(rm_path))):
+            ("SFT policy", policy_path, "ppo.policy", "sft", policy_is_hub_name or paths.isdir(policy_path)),
+            ("reward model", rm_path, "ppo.reward_model", rm_kind, paths.isdir(rm_path))):
         if not ok:
             raise FileNotFoundError(f"ppo: the {what} folder {path} does not exist; set {field} or run "
                                     f"the {stage} stage first (configs/ppo_*.py run the whole chain)")
@@ -177,17 +183,21 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     rules = config.mesh.rules
     root = jax.random.key(config.seed)
     k_critic, k_loop = jax.random.fold_in(root, 301), placement.place_on_mesh(jax.random.fold_in(root, 302), mesh)
-    if p.critic_init == "reward_model":
+    needs_critic = advantages_lib.needs_critic(p.advantage)
+    critic_model = critic_params = None  # none for a critic-free estimator
+    if not needs_critic:
+        logger.info("ppo: advantage %s: no critic", p.advantage)
+    elif p.critic_init == "reward_model":
         if not shared_tokens:
             raise ValueError(f"ppo.critic_init='reward_model' needs the reward model ({rm_path}) to "
                              f"share the policy's tokenizer; use critic_init='policy'")
         # The critic is the reward model's backbone and scalar head (no likelihood feature).
-        critic_model = models.ScalarModel(rm_model.config)
+        critic_model = models.ScalarModel(rm_model.config, remat=model.remat)  # model.remat, as the policy
         critic_params = _copy(models.without_likelihood(rm_params))
     else:
-        critic_model = models.ScalarModel(model.config)
+        critic_model = models.ScalarModel(model.config, remat=model.remat)  # model.remat, as the policy
         critic_params = models.scalar_params_from_decoder(sft_params, k_critic, model.config)
-    if p.critic_zero_head:
+    if needs_critic and p.critic_zero_head:
         critic_params["score"] = jax.tree.map(jnp.zeros_like, critic_params["score"])
     logger.info("ppo: policy %s (%.2fM params), %s %s, critic from %s, scheme %s", policy_path,
                 model_build.count_params(sft_params) / 1e6, kind.upper(), rm_path, p.critic_init, p.scheme)
@@ -195,29 +205,33 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     policy_params = placement.shard_params(sft_params, model, mesh, rules)
     ref_params = _copy(policy_params)
     rm_params = placement.shard_params(rm_params, rm_model, mesh, rules)
-    critic_params = placement.shard_params(critic_params, critic_model, mesh, rules)
+    if needs_critic:
+        critic_params = placement.shard_params(critic_params, critic_model, mesh, rules)
     del sft_params
 
     # The update and the rollout pass.
     P, settings = config.data.max_prompt_len, sample_settings(config)
     cfg = ppo_update_config(config)
     policy_tx = ppo_optimizer(p.learning_rate, p, frozen_iterations=p.critic_warmup_steps)
-    critic_tx = ppo_optimizer(p.critic_learning_rate, p)
+    critic_tx = ppo_optimizer(p.critic_learning_rate, p) if needs_critic else None
     state = update_lib.init_ppo_state(policy_params, critic_params, policy_tx, critic_tx, p.kl_coef)
     state = distributed.put_global(state, update_lib.ppo_state_shardings(state, mesh))
     update = update_lib.make_ppo_update(
-        scorer_lib.make_policy_apply(model, P), scorer_lib.make_critic_apply(critic_model),
+        scorer_lib.make_policy_apply(model, P),
+        scorer_lib.make_critic_apply(critic_model) if needs_critic else None,
         policy_tx, critic_tx, cfg, mesh=mesh, logical_rules=rules,
-        policy_logprobs=scorer_lib.make_policy_logprobs(model, P))
+        policy_logprobs=scorer_lib.make_policy_logprobs(model, P, config.model.get("logits_chunk", 0)))
     # The sampler's log-probs (at the sampling temperature) are the rollout policy's, unless
     # top-k/top-p change the distribution or a low-precision decode differs from the forward.
     recompute = p.recompute_logprobs or settings.top_k > 0 or settings.top_p < 1.0 or dtype != jnp.float32
     scorer = scorer_lib.make_scorer(model, critic_model, rm_model, rm_kind, shaping_settings(config),
                                     prompt_len=P, temperature=settings.temperature,
-                                    recompute_logprobs=recompute, mesh=mesh, rules=rules)
+                                    recompute_logprobs=recompute, mesh=mesh, rules=rules,
+                                    logits_chunk=config.model.get("logits_chunk", 0))
 
     # Prompts, checkpoint, resume.
     prompts = load_prompts(config)
+    data_skipped = sources.skipped_count(prompts)  # unusable records the readers skipped
     batch_size = placement.round_batch(p.rollout_batch, mesh)
     data_ways = mesh_lib.data_parallel_size(mesh)
     if batch_size % p.minibatches or (batch_size // p.minibatches) % data_ways:
@@ -259,7 +273,9 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         t2 = time.perf_counter()
         ppo_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask",
                                            "old_logprobs", "positions")}
-        ppo_batch.update({k: scored[k] for k in ("values", "token_rewards", "ref_logprobs")})
+        ppo_batch.update({k: scored[k] for k in ("values", "token_rewards", "ref_logprobs") if k in scored})
+        if cfg.advantage == "grpo_process":  # step boundaries on the time axis
+            ppo_batch.update(step_mask=batch["step_mask"], step_ends=batch["step_ends"] + P)
         if recompute:
             ppo_batch["old_logprobs"] = scored["old_logprobs"]
         with rules_lib.activation_sharding(mesh, rules):
@@ -283,6 +299,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
     writer = MetricWriter(workdir, prefix="ppo")
     evals = sources.eval_problems(config, p.eval_limit)
+    data_skipped += sources.skipped_count(evals)
     hooks = loop.Hooks(
         step=iteration, log=log,
         checkpoint=lambda state: ({"ppo": state_to_tree(state), "rng": k_loop},
@@ -308,9 +325,10 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     export_path = workdir_lib.export(workdir, model, state.policy_params, tokenizer) if p.export else ""
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl")) if placement.is_main_process() else []
     summary = {
-        "stage": "ppo", "scheme": p.scheme, "steps": step, "export": export_path,
+        "stage": "ppo", "scheme": p.scheme, "advantage": p.advantage, "steps": step, "export": export_path,
         "policy": policy_path, "reward_model": rm_path, "critic_init": p.critic_init,
         "kl_coef_final": float(state.kl.coef), "skipped_steps": guard.total_skipped_steps,
+        "data_skipped": data_skipped,
         "first": report.window_means(rows, report.SUMMARY_KEYS, first=True),
         "last": report.window_means(rows, report.SUMMARY_KEYS, first=False),
         **final_eval, "train_seconds": train_seconds, "seconds": time.time() - started,

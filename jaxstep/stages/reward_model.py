@@ -61,10 +61,17 @@ from jaxstep.train.optim import learning_rate_schedule, make_optimizer, optimize
 logger = logging.getLogger(__name__)
 
 
-def train_step(model, tx, loss: str, state: dict, batch: dict, lm_weight: float = 0.0) -> tuple[dict, dict]:
-    """One AdamW step; `state` = {params, opt_state, step, rng}."""
+def train_step(model, tx, loss: str, state: dict, batch: dict, lm_weight: float = 0.0, *,
+               microbatch_size: int = 0) -> tuple[dict, dict]:
+    """One AdamW step; `state` = {params, opt_state, step, rng}. `microbatch_size` > 0
+    accumulates gradients over microbatches weighted by their targets (steps, outcomes
+    or pairs): the full-batch gradient of the BCE / Bradley-Terry mean (with
+    `lm_weight` > 0 the next-token term is weighted by the same counts, an
+    approximation)."""
     loss_fn = functools.partial(_loss, model, loss=loss, lm_weight=lm_weight)
-    return optimizer_step(loss_fn, tx, state, batch)
+    if microbatch_size <= 0:
+        return optimizer_step(loss_fn, tx, state, batch)
+    return optimizer_step(loss_fn, tx, state, batch, microbatch_size=microbatch_size, weight_key="targets")
 
 
 def _loss(model, params, batch, *, loss, lm_weight):
@@ -105,7 +112,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
     boundary_ids = (reward_io.boundary_token_ids(tokenizer, config.data.step_delimiter)
                     if r.likelihood_feature and kind == "prm" else ())
-    model, params, lm_head = reward_io.reward_model_from_generator(base_model, base_params, k_init, boundary_ids)
+    model, params, lm_head = reward_io.reward_model_from_generator(base_model, base_params, k_init, boundary_ids,
+                                                                   remat=model_build.remat_of(config))
     del base_params
     logger.info("%s: %.2fM params, %d training records (%s loss)", kind,
                 model_build.count_params(params) / 1e6, len(data.train), loss)
@@ -140,7 +148,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
     # ============================================================ the loop
     lm_weight = float(r.lm_loss_weight) if loss == "bce" and model.boundary_ids else 0.0
-    step_fn = placement.jit_step(functools.partial(train_step, model, tx, loss, lm_weight=lm_weight), mesh)
+    step_fn = placement.jit_step(functools.partial(train_step, model, tx, loss, lm_weight=lm_weight,
+                                                   microbatch_size=r.get("microbatch_size", 0)), mesh)
     schedule = learning_rate_schedule(r)
 
     def log(step, history, seconds):

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxstep import workdir as workdir_lib
-from jaxstep.data import batching, sources
+from jaxstep.data import batching, formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.evaluation.policy import greedy_eval
 from jaxstep.metrics import MetricWriter
 from jaxstep.models import build as model_build
+from jaxstep.models.logprobs import chunked_token_stats
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import placement
 from jaxstep.parallel import rules as rules_lib
@@ -39,17 +40,29 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- loss, step
 
-def sft_loss(model, params, batch) -> tuple[jax.Array, dict]:
+def sft_loss(model, params, batch, logits_chunk: int = 0) -> tuple[jax.Array, dict]:
     """Mean next-token cross-entropy over the target tokens.
 
     Args:
       batch: `ids` int32 `[batch, time]`, `mask` bool `[batch, time]` (real tokens),
         `loss_mask` bool `[batch, time]` (token t is a target, predicted at t - 1).
+      logits_chunk: > 0 runs the LM head over that many positions at a time
+        (`jaxstep.models.logprobs.chunked_token_stats`): no `[batch, time, vocab]`
+        logits, the same loss.
 
     Returns:
       (loss, metrics) with float32 `loss`, `token_accuracy`, `target_tokens`.
     """
     ids = batch["ids"]
+    if logits_chunk > 0:
+        hidden = model.apply({"params": params}, ids, attention_mask=batch["mask"], lm_head=False)
+        stats = chunked_token_stats(model.config, params, hidden[:, :-1], ids[:, 1:], logits_chunk,
+                                    with_hits=True)
+        weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        count = jnp.maximum(weights.sum(), 1.0)
+        hits = stats["hits"].astype(jnp.float32)
+        return (-(stats["logprobs"] * weights).sum() / count,
+                {"token_accuracy": (hits * weights).sum() / count, "target_tokens": weights.sum()})
     logits = model.apply({"params": params}, ids, attention_mask=batch["mask"])
     logits = logits[:, :-1].astype(jnp.float32)
     targets = ids[:, 1:]
@@ -61,9 +74,16 @@ def sft_loss(model, params, batch) -> tuple[jax.Array, dict]:
     return loss, {"token_accuracy": (hits * weights).sum() / count, "target_tokens": weights.sum()}
 
 
-def train_step(model, tx, state: dict, batch: dict) -> tuple[dict, dict]:
-    """One AdamW step on `batch`; `state` = {params, opt_state, step, rng}."""
-    return optimizer_step(functools.partial(sft_loss, model), tx, state, batch)
+def train_step(model, tx, state: dict, batch: dict, *, microbatch_size: int = 0,
+               logits_chunk: int = 0) -> tuple[dict, dict]:
+    """One AdamW step on `batch`; `state` = {params, opt_state, step, rng}.
+    `microbatch_size` > 0 accumulates gradients over microbatches (weighted by their
+    target tokens: the full-batch gradient); `logits_chunk` see `sft_loss`."""
+    loss_fn = functools.partial(sft_loss, model, logits_chunk=logits_chunk)
+    if microbatch_size <= 0:
+        return optimizer_step(loss_fn, tx, state, batch)
+    return optimizer_step(loss_fn, tx, state, batch, microbatch_size=microbatch_size,
+                          weight_key="target_tokens")
 
 
 _OPTIMIZER_FIELDS = ("steps", "learning_rate", "end_lr_ratio", "warmup_steps", "weight_decay",
@@ -71,16 +91,21 @@ _OPTIMIZER_FIELDS = ("steps", "learning_rate", "end_lr_ratio", "warmup_steps", "
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer_and_step(model, optimizer_settings: tuple, mesh, rules: tuple):
+def _optimizer_and_step(model, optimizer_settings: tuple, mesh, rules: tuple, microbatch_size: int = 0,
+                        logits_chunk: int = 0):
     """(optimizer, jitted train step), cached so that runs in one process (tests, sweeps,
     a resumed run) with the same model and settings compile the step once."""
     tx = make_optimizer(dict(optimizer_settings))
-    return tx, placement.jit_step(functools.partial(train_step, model, tx), mesh, rules)
+    step = functools.partial(train_step, model, tx, microbatch_size=microbatch_size,
+                             logits_chunk=logits_chunk)
+    return tx, placement.jit_step(step, mesh, rules)
 
 
-def optimizer_and_step(model, sft_config, mesh, rules):
+def optimizer_and_step(model, sft_config, mesh, rules, *, microbatch_size: int = 0, logits_chunk: int = 0):
+    """(optimizer, jitted train step) of the `sft` section's settings (cached)."""
     settings = tuple((name, sft_config[name]) for name in _OPTIMIZER_FIELDS)
-    return _optimizer_and_step(model, settings, mesh, rules_lib.normalize_rules(rules))
+    return _optimizer_and_step(model, settings, mesh, rules_lib.normalize_rules(rules),
+                               microbatch_size, logits_chunk)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -114,11 +139,14 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     batch_size = placement.round_batch(s.batch_size, mesh)
     local_batch = batch_size // jax.process_count()
     encode = functools.partial(batching.encode_sft, tokenizer=tokenizer, max_len=max_len,
-                               delimiter=config.data.step_delimiter, buckets="auto")
+                               delimiter=config.data.step_delimiter, buckets="auto",
+                               template=formatting.config_template(config))
     loader = batching.make_loader(train_problems, local_batch, seed=config.seed,
                                   transform=lambda problems: encode(problems))
 
-    tx, step_fn = optimizer_and_step(model, s, mesh, config.mesh.rules)
+    tx, step_fn = optimizer_and_step(model, s, mesh, config.mesh.rules,
+                                     microbatch_size=s.get("microbatch_size", 0),
+                                     logits_chunk=config.model.get("logits_chunk", 0))
     params = placement.shard_params(params, model, mesh, config.mesh.rules)
     state = placement.place_on_mesh({"params": params, "opt_state": jax.jit(tx.init)(params),
                                      "step": jnp.zeros((), jnp.int32), "rng": train_key}, mesh)
@@ -166,6 +194,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         "params": model_build.count_params(state["params"]),
         "final_loss": workdir_lib.last_metric(workdir, "loss"),
         "eval_problems": len(eval_problems), **last_eval,
+        "data_skipped": sources.skipped_count(train_problems, eval_problems),
         "seconds": time.time() - started,
     }
     logger.info("sft: done in %.0f s: %s", summary["seconds"], summary)

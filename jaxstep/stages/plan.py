@@ -1,0 +1,290 @@
+"""Stage `plan`: will the experiment fit a TPU slice, and how fast will it run?
+
+    python -m jaxstep.main --config=configs/ppo_prm_max.py:paper --config.stage=plan \\
+        --config.plan.topology=v5e-8 --workdir=runs/plan
+
+Compiles, ahead of time and from abstract shapes only (no weights, no data, no
+downloads), the jitted programs the experiment's stages run, for `plan.topology` (a
+Cloud TPU slice, compiled here with the TPU compiler, `jaxstep.parallel.aot`; or cpu-N):
+
+  sft      the SFT train step (`jaxstep.stages.sft.train_step`), batch `sft.batch_size`
+  rm       the reward-model train step (`jaxstep.stages.reward_model.train_step`)
+  sampler  the KV-cache sampler (prefill + decode loop, `jaxstep.models.generate`), at
+           max(ppo.rollout_batch, sampler.batch_size) prompts
+  scorer   the rollout scorer (`jaxstep.rl.scorer.make_scorer`), `ppo.rollout_batch` rows
+  update   the PPO update (`jaxstep.rl.update.make_ppo_update`)
+
+Model shapes come from a local folder's config.json, or for hub names from
+`HUB_CONFIGS` (the HF configs of the models the presets use), or from `config.model`
+for the tiny decoder. Params are float32 master weights sharded by `mesh.rules` over
+`mesh` (resolved on the slice's chips); the programs use the experiment's
+`model.remat`, `model.logits_chunk` and microbatch sizes.
+
+Writes `<workdir>/plan.json` and `plan.md`: per program and per chip, argument,
+output, temporary and code bytes, the peak (see `jaxstep.parallel.aot.analyze`), the
+chip's HBM and whether it fits; FLOPs and the time at peak; for the run, the estimated
+seconds per PPO iteration and the update's estimated MFU. Raises SystemExit (exit
+status 1) naming the knobs when a program does not fit (`plan.fail_on_oom`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxstep import models
+from jaxstep.config_lib.validation import PLAN_PROGRAMS, comma_list
+from jaxstep.models.shapes import count_params, model_config, model_paths
+from jaxstep.parallel import aot
+from jaxstep.parallel import mesh as mesh_lib
+from jaxstep.parallel import rules as rules_lib
+from jaxstep.rewards.shaping import reward_model_kind
+from jaxstep.rl import scorer as scorer_lib
+from jaxstep.rl import update as update_lib
+from jaxstep.reports import plan as plan_report
+from jaxstep.rl import advantages
+from jaxstep.stages import ppo as ppo_stage
+from jaxstep.stages import reward_model as rm_stage
+from jaxstep.stages import sft as sft_stage
+from jaxstep.train.optim import make_optimizer, ppo_optimizer
+
+logger = logging.getLogger(__name__)
+
+PROGRAMS = PLAN_PROGRAMS
+KNOBS = ("model.remat (full, dots_no_batch, offload)", "model.logits_chunk", "sft.microbatch_size",
+         "rm.microbatch_size", "ppo.minibatches", "mesh.fsdp (shard params over more chips)",
+         "sampler.batch_size / ppo.rollout_batch", "a larger plan.topology")
+
+
+def prepare(config) -> None:
+    """Before jax starts (`jaxstep.main`): a cpu-N topology needs N host CPU devices."""
+    topo = aot.parse_topology(config.plan.topology)
+    if topo.is_cpu:
+        try:
+            jax.config.update("jax_num_cpu_devices", max(topo.num_chips, 1))
+        except RuntimeError:  # jax already started; abstract_devices explains if too few
+            pass
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+class _Builder:
+    """Abstract (sharded `ShapeDtypeStruct`) params, optimizer states and batches on a mesh."""
+
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules = mesh, rules
+        self.replicated = rules_lib.replicated(mesh)
+
+    def params(self, module):
+        shapes = models.abstract_params(module)
+        shardings = rules_lib.param_shardings(shapes, models.logical_specs(module), self.mesh, self.rules)
+        return aot.with_shardings(shapes, shardings, jnp.float32)
+
+    def opt_state(self, tx, params):
+        """`tx.init(params)` shapes: param-shaped subtrees (moments) sharded like the params,
+        the rest (counts) replicated."""
+        shapes = jax.eval_shape(tx.init, params)
+        pdef = jax.tree.structure(params)
+        shardings = jax.tree.map(lambda p: p.sharding, params)
+        tree = jax.tree.map(lambda x: shardings if jax.tree.structure(x) == pdef else self.replicated,
+                            shapes, is_leaf=lambda x: jax.tree.structure(x) == pdef)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, tree)
+
+    def scalar(self, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct((), dtype, sharding=self.replicated)
+
+    def key(self):
+        return jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=self.replicated)
+
+    def batch(self, **shapes):
+        """`name=((dims...), dtype)` -> ShapeDtypeStructs with dim 0 over the data axes."""
+        return {k: jax.ShapeDtypeStruct(s, d, sharding=rules_lib.batch_sharding(self.mesh, len(s)))
+                for k, (s, d) in shapes.items()}
+
+    def train_state(self, module, tx):
+        params = self.params(module)
+        return {"params": params, "opt_state": self.opt_state(tx, params), "step": self.scalar(),
+                "rng": self.key()}
+
+
+def _round(batch: int, ways: int) -> int:
+    return max(ways, -(-batch // ways) * ways)
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def build_programs(config, mesh, names) -> dict[str, tuple]:
+    """`{name: (fn, abstract_args, compile_kwargs, info)}` for the programs in `names`."""
+
+    b = _Builder(mesh, config.mesh.rules)
+    ways = mesh_lib.data_parallel_size(mesh)
+    d, m, p, r = config.data, config.model, config.ppo, config.rm
+    remat, chunk = m.get("remat", "none"), m.get("logits_chunk", 0)
+    paths = model_paths(config)
+    policy_cfg, rm_cfg = model_config(config, paths["policy"]), model_config(config, paths["rm"])
+    policy = models.Decoder(policy_cfg, remat=remat)
+    P, R = d.max_prompt_len, d.max_response_len
+    kw = dict(mesh=mesh, rules=config.mesh.rules)
+    out = {}
+    if "sft" in names:
+        B, L = _round(config.sft.batch_size, ways), config.sft.max_len or P + R
+        tx = make_optimizer(config.sft)
+        step = functools.partial(sft_stage.train_step, policy, tx,
+                                 microbatch_size=config.sft.get("microbatch_size", 0), logits_chunk=chunk)
+        out["sft"] = (step, (b.train_state(policy, tx), b.batch(
+            ids=((B, L), jnp.int32), mask=((B, L), bool), loss_mask=((B, L), bool))),
+            dict(kw, donate_argnums=0), dict(batch=B, length=L, model=paths["policy"] or "tiny",
+                                             params=count_params(b.params(policy)), loops=_loops(B, config.sft)))
+    if "rm" in names:
+        kind = config.stage if config.stage in ("orm", "prm") else r.kind
+        loss = r.loss if kind == "prm" else "bce"
+        boundary = (1,) if (r.likelihood_feature and kind == "prm") else ()
+        rm_model = models.ScalarModel(rm_cfg, remat=remat, boundary_ids=boundary)
+        B, L = _round(r.batch_size, ways), r.max_len or P + R
+        S = config.plan.rm_steps if kind == "prm" else 1
+        lm_weight = float(r.lm_loss_weight) if (loss == "bce" and boundary) else 0.0
+        tx = make_optimizer(r)
+        step = functools.partial(rm_stage.train_step, rm_model, tx, loss, lm_weight=lm_weight,
+                                 microbatch_size=r.get("microbatch_size", 0))
+        if loss == "bt":
+            batch = b.batch(ids=((B, 2, L), jnp.int32), mask=((B, 2, L), bool), target=((B, 2), jnp.int32),
+                            pair_mask=((B,), bool))
+        else:
+            batch = b.batch(ids=((B, L), jnp.int32), mask=((B, L), bool), step_ends=((B, S), jnp.int32),
+                            step_mask=((B, S), bool), labels=((B, S), jnp.float32),
+                            label_mask=((B, S), bool), lm_mask=((B, L), bool))
+        out["rm"] = (step, (b.train_state(rm_model, tx), batch), dict(kw, donate_argnums=0),
+                     dict(batch=B, length=L, kind=kind, loss=loss, model=paths["rm"] or "tiny",
+                          params=count_params(b.params(rm_model)), loops=_loops(B, r)))
+    temperature = ppo_stage.rollout_temperature(config)
+    B = _round(p.rollout_batch, ways)
+    if "sampler" in names:
+        SB = _round(max(p.rollout_batch, config.sampler.batch_size), ways)
+        s = config.sampler
+
+        def sample(params, ids, mask, key):
+            return models.generate(policy, params, ids, mask, key, max_new_tokens=R, temperature=temperature,
+                                   top_k=s.top_k, top_p=s.top_p, eos_id=policy_cfg.eos_token_id or 0, pad_id=0)
+        out["sampler"] = (sample, (b.params(policy), *b.batch(ids=((SB, P), jnp.int32),
+                                                              mask=((SB, P), jnp.int32)).values(), b.key()),
+                          kw, dict(batch=SB, rollout_batch=B, prompt_len=P, new_tokens=R,
+                                 params=count_params(b.params(policy)), loops=R))
+    needs_critic = _needs_critic(config)
+    critic_cfg = rm_cfg if p.critic_init == "reward_model" else policy_cfg
+    critic = models.ScalarModel(critic_cfg, remat=remat)
+    T = P + R
+    seq = dict(input_ids=((B, T), jnp.int32), attention_mask=((B, T), jnp.int32),
+               response_mask=((B, T), jnp.float32), old_logprobs=((B, T), jnp.float32),
+               positions=((B, T), jnp.int32))
+    if "scorer" in names:
+        rm_kind = reward_model_kind(p.scheme)
+        rm_model = models.ScalarModel(rm_cfg, boundary_ids=_rm_boundary_ids(config, rm_kind))
+        s = config.sampler
+        recompute = (p.recompute_logprobs or s.top_k > 0 or s.top_p < 1.0
+                     or jnp.dtype(m.dtype) != jnp.float32)  # as the ppo stage decides
+        scorer = scorer_lib.make_scorer(
+            policy, critic if needs_critic else None, rm_model, rm_kind, ppo_stage.shaping_settings(config),
+            prompt_len=P, temperature=temperature, recompute_logprobs=recompute, mesh=mesh,
+            rules=config.mesh.rules, logits_chunk=chunk)
+        params = {"policy": b.params(policy), "ref": b.params(policy), "rm": b.params(rm_model)}
+        if needs_critic:
+            params["critic"] = b.params(critic)
+        batch = b.batch(**seq, step_ends=((B, p.max_steps), jnp.int32), step_mask=((B, p.max_steps), bool),
+                        lengths=((B,), jnp.int32), success=((B,), jnp.float32))
+        out["scorer"] = (scorer.jitted, (params, batch), kw, dict(batch=B, length=T, loops=1))
+    if "update" in names:
+        cfg = ppo_stage.ppo_update_config(config)
+        policy_tx = ppo_optimizer(p.learning_rate, p)
+        critic_tx = ppo_optimizer(p.critic_learning_rate, p) if needs_critic else None
+        pp = b.params(policy)
+        cp = b.params(critic) if needs_critic else None
+        state = update_lib.PPOState(
+            policy_params=pp, policy_opt_state=b.opt_state(policy_tx, pp), critic_params=cp,
+            critic_opt_state=b.opt_state(critic_tx, cp) if needs_critic else None,
+            kl=update_lib.KLState(coef=b.scalar(jnp.float32)), step=b.scalar())
+        update = update_lib.make_ppo_update(
+            scorer_lib.make_policy_apply(policy, P), scorer_lib.make_critic_apply(critic) if needs_critic else None,
+            policy_tx, critic_tx, cfg, mesh=mesh, logical_rules=config.mesh.rules,
+            state_shardings=jax.tree.map(lambda x: x.sharding, state),
+            policy_logprobs=scorer_lib.make_policy_logprobs(policy, P, chunk))
+        extra = dict(values=((B, T), jnp.float32), token_rewards=((B, T), jnp.float32),
+                     ref_logprobs=((B, T), jnp.float32))
+        out["update"] = (update.update, (state, b.batch(**seq, **extra), b.key()),
+                         dict(kw, donate_argnums=0, out_shardings=(jax.tree.map(lambda x: x.sharding, state),
+                                                                   b.replicated)),
+                         dict(batch=B, length=T, critic=needs_critic, loops=cfg.epochs * cfg.minibatches,
+                              policy_params=count_params(pp), critic_params=count_params(cp) if cp else 0))
+    return out
+
+
+def _rm_boundary_ids(config, rm_kind: str) -> tuple[int, ...]:
+    """A stand-in for the PRM's likelihood-feature ids (their count does not change the
+    program's size): from ppo.reward_model's reward_model.json, else the rm section."""
+    path = os.path.join(config.ppo.reward_model, "reward_model.json") if config.ppo.reward_model else ""
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return tuple(json.load(f).get("likelihood_boundary_ids") or ())
+    return (1,) if rm_kind == "prm" and config.rm.likelihood_feature else ()
+
+
+def _loops(batch: int, section) -> int:
+    micro = section.get("microbatch_size", 0)
+    return batch // micro if 0 < micro < batch else 1
+
+
+def _needs_critic(config) -> bool:
+    advantage = config.ppo.get("advantage", "gae")
+    return getattr(advantages, "needs_critic", lambda name: True)(advantage)
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def _write(config, topo, mesh, reports, workdir: str, started: float) -> dict:
+    plan = plan_report.summarize(config, topo, dict(mesh.shape), reports)
+    plan["seconds"] = round(time.time() - started, 1)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "plan.json"), "w", encoding="utf-8") as f:
+        json.dump(plan, f, indent=2, default=str)
+    with open(os.path.join(workdir, "plan.md"), "w", encoding="utf-8") as f:
+        f.write(plan_report.markdown(plan))
+    return plan
+
+
+def run(config, workdir: str) -> dict:
+    """Compiles the programs of `plan.programs` for `plan.topology`; writes plan.json and
+    plan.md in `workdir`; returns the plan. Raises SystemExit(message) when one does not
+    fit and `plan.fail_on_oom`."""
+    started = time.time()
+    topo = aot.parse_topology(config.plan.topology)
+    names = comma_list(config.plan.programs)
+    bad = [n for n in names if n not in PROGRAMS]
+    if bad or not names:
+        raise ValueError(f"plan.programs={config.plan.programs!r}: expected a comma list of {PROGRAMS}")
+    mesh = aot.make_abstract_mesh(topo, config.mesh)
+    logger.info("plan: %s (%d chips, %s), mesh %s, remat %s", topo.name, topo.num_chips,
+                plan_report.size(topo.hbm_bytes), dict(mesh.shape), config.model.get("remat", "none"))
+    programs = build_programs(config, mesh, names)
+    reports = {}
+    for i, name in enumerate(names, 1):
+        fn, args, kwargs, info = programs[name]
+        logger.info("plan: [%d/%d] compiling %s for %s ...", i, len(names), name, topo.name)
+        report = aot.compile_and_analyze(name, fn, *args, topology=topo, **kwargs)
+        report.update(info=info, error=(report["error"] or "")[:2000] or None)
+        reports[name] = report
+        logger.info("plan: %s", aot.format_report(report))
+        plan = _write(config, topo, mesh, reports, workdir, started)  # after each program: partial plans
+    logger.info("plan: wrote %s (%.0f s)", os.path.join(workdir, "plan.md"), plan["seconds"])
+    too_big = [n for n, rep in reports.items() if not rep["fits"]]
+    if too_big and config.plan.fail_on_oom:
+        raise SystemExit(f"plan: {', '.join(too_big)} does not fit {topo.name} "
+                         f"({plan_report.size(topo.hbm_bytes)} per chip); see {workdir}/plan.md. "
+                         f"Knobs: {'; '.join(KNOBS)}.")
+    return plan
