@@ -74,19 +74,20 @@ class Generated:
     tokens: int32 `[batch, new]` responses (pad after the end); lengths: int32 `[batch]`
     (EOS included); logprobs: float32 `[batch, new]` log p(token) under the unscaled
     model; sampling_logprobs: the same under the sampling distribution (logits /
-    temperature, after top-k/top-p).
+    temperature, after top-k/top-p). The two log-prob arrays are None unless asked for
+    (`generate_batch(..., with_logprobs=True)`): evals need only the tokens.
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
-    logprobs: np.ndarray
-    sampling_logprobs: np.ndarray
+    logprobs: np.ndarray | None = None
+    sampling_logprobs: np.ndarray | None = None
 
 
 def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key: jax.Array, *,
                    max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh,
                    rules=None, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0) -> Generated:
+                   top_p: float = 1.0, with_logprobs: bool = False) -> Generated:
     """One batch through the KV-cache sampler: shard the prompts over the mesh's data
     axes, generate, gather to the host.
 
@@ -94,6 +95,7 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
       prompt_ids, prompt_mask: `[batch, prompt_len]` numpy, the same on every process
         (each feeds its rows); `batch` must divide over the data axes.
       key: the sampling key of this batch.
+      with_logprobs: also gather the sampler's log-probs to the host (PPO rollouts).
       the rest: `jaxstep.models.sampler.generate`.
     """
     local = distributed.process_shard(np.arange(prompt_ids.shape[0]))
@@ -103,8 +105,8 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
             model, params, inputs["ids"], inputs["mask"], key, max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, eos_id=eos_ids,
             pad_id=pad_id)
-    host = to_host((out.tokens, out.lengths, out.logprobs, out.sampling_logprobs))
-    return Generated(*(np.asarray(x) for x in host))
+    arrays = (out.tokens, out.lengths) + ((out.logprobs, out.sampling_logprobs) if with_logprobs else ())
+    return Generated(*(np.asarray(x) for x in to_host(arrays)))
 
 
 def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,

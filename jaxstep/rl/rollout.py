@@ -99,7 +99,8 @@ def sample(model, params, tokenizer, problems: Sequence[Problem], key: jax.Array
     out = generation.generate_batch(
         model, params, prompt_ids, prompt_mask, key, max_new_tokens=settings.max_new_tokens,
         eos_ids=eos_ids, pad_id=ids_of["pad"], mesh=mesh, rules=rules,
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        with_logprobs=True)
     # Log-probs under softmax(logits / temperature), what the update's ratio uses (with
     # top-k/top-p the stage recomputes them instead).
     plain = settings.top_k == 0 and settings.top_p >= 1.0
