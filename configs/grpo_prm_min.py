@@ -16,6 +16,6 @@ def get_config(arg: str = ""):
     p.advantage = "grpo"  # (r - group mean) / group std per response; no critic
     p.samples_per_prompt = 4
     p.kl_estimator = "k3"
-    if not arg:  # CPU: the rate tuned on configs/grpo_prm_clip_delta.py (the main job's 3e-4 collapses without a critic)
+    if config_lib.preset(arg, PRESETS, __file__) != "paper":  # CPU: the rate tuned on configs/grpo_prm_clip_delta.py (the main job's 3e-4 collapses without a critic)
         p.learning_rate = 1e-4
     return c
