@@ -3,6 +3,7 @@
     python bench/ppo_step.py              # the issue's setting (one CPU device, float32)
     python bench/ppo_step.py --quick      # a smaller smoke run
     python bench/ppo_step.py --advantage=grpo_process   # critic-free: no critic forward/step
+    python bench/ppo_step.py --peer tunix  # then Tunix 0.1.7's PPO step on the same shape
 
 Shape: the random Qwen2 of bench/sampler.py (hidden 256, 4 layers, 4 heads,
 2 KV heads, intermediate 688, vocab 32000; tied embeddings, about 11M parameters) as the
@@ -28,6 +29,13 @@ matmul FLOPs of the update (policy and critic, forward + backward = 3x forward; 
 attention scores counted over the full key length as computed) divided by its time,
 against the best f32 matmul rate measured in the same run. XLA's own count of the
 compiled update's FLOPs is printed beside it.
+
+`--peer tunix` then runs Tunix's PPO learner (bench/peers/tunix_ppo.py, in its own
+virtualenv made once under `--peer-cache`, see bench/peer.py; or `--peer-python`) on
+random Qwen2 weights of the same shape for the same number of steps, timed the same
+way (warm-up excluded, medians), and prints both sides, the phases and
+`ratio vs Tunix: N.NNx` (our steps per second over theirs). GAE only (Tunix's PPO has a
+critic); one sample per prompt, one epoch, one minibatch on both sides.
 """
 from __future__ import annotations
 
@@ -41,11 +49,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxstep.rl import rollout as rollout_lib
-from jaxstep.rl import scorer as scorer_lib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/peer.py, also when imported
+import peer as peer_lib  # noqa: E402
 from jaxstep import models  # noqa: E402
+from jaxstep.rl import rollout as rollout_lib  # noqa: E402
+from jaxstep.rl import scorer as scorer_lib  # noqa: E402
 from jaxstep.rl import update as update_lib  # noqa: E402
 from jaxstep.rl.advantages import ESTIMATORS  # noqa: E402
 
@@ -74,7 +84,11 @@ def forward_flops(cfg, tokens: int, time_len: int, lm_positions: int) -> float:
     return layers + 2 * d * cfg.vocab_size * lm_positions
 
 
-def main():
+HEADS, KV_HEADS = 4, 2  # the bench's Qwen2 (bench/sampler.py's)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The bench's flags (`--quick` applied); `--peer` only with the gae estimator."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--prompt", type=int, default=64)
@@ -89,13 +103,41 @@ def main():
     parser.add_argument("--advantage", default="gae", choices=tuple(ESTIMATORS),
                         help="advantage estimator (all but gae are critic-free)")
     parser.add_argument("--group", type=int, default=4, help="responses per prompt (group estimators)")
-    args = parser.parse_args()
+    parser.add_argument("--peer", choices=tuple(peer_lib.PEERS), help="also time this library's PPO step")
+    parser.add_argument("--peer-python", help="an interpreter that imports the peer (skips making its venv)")
+    parser.add_argument("--peer-cache", help="folder for the peer's venv (default $JAXSTEP_PEER_CACHE "
+                        "or ~/.cache/jaxstep/peers)")
+    args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.new, args.steps = 8, 32, 2
+    if args.peer and args.advantage != "gae":
+        parser.error(f"--peer {args.peer} runs PPO with a critic and GAE: use --advantage gae")
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    return args
+
+
+def peer_shape(args) -> dict:
+    """The shape a peer script gets (its flags): the bench's model, batch, lengths and steps;
+    one sample per prompt, one epoch, one minibatch (as `main` runs ours)."""
+    return {"batch": args.batch, "prompt": args.prompt, "new": args.new, "vocab": args.vocab,
+            "hidden": args.hidden, "layers": args.layers, "heads": HEADS, "kv_heads": KV_HEADS,
+            "intermediate": args.intermediate, "untied": args.untied, "steps": args.steps, "epochs": 1,
+            "minibatches": 1, "samples_per_prompt": 1}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    peer, peer_python = peer_lib.PEERS.get(args.peer), None
+    if peer:  # before our run: a venv that cannot be made should not cost our minutes first
+        try:
+            peer_python = peer_lib.ensure_python(peer, args.peer_cache, args.peer_python)
+        except peer_lib.PeerError as e:
+            sys.exit(f"--peer {args.peer}: {e}")
     B, P, R = args.batch, args.prompt, args.new
     T = P + R
     cfg = models.tiny(vocab_size=args.vocab, model_type="qwen2", hidden_size=args.hidden,
-                      num_layers=args.layers, num_heads=4, num_kv_heads=2,
+                      num_layers=args.layers, num_heads=HEADS, num_kv_heads=KV_HEADS,
                       intermediate_size=args.intermediate, max_position_embeddings=1024,
                       tie_word_embeddings=not args.untied, bos_token_id=None, eos_token_id=None,
                       pad_token_id=0)
@@ -113,7 +155,7 @@ def main():
           f"{R} new tokens; float32; Adam, 1 epoch, 1 minibatch; advantage {args.advantage}"
           + ("" if needs_critic else f" (no critic, groups of {args.group})"))
     peak = matmul_peak()
-    print(f"matmul peak (f32 2048^3, best of 5): {peak:.0f} GFLOP/s")
+    print(f"matmul peak (f32 2048^3, best of 5): {peak:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(P - 16, P + 1, B)
@@ -196,6 +238,38 @@ def main():
     print(f"update MFU: {100 * update_flops / med['update'] / 1e9 / peak:.1f}% "
           f"(XLA counts {update_flops_xla / 1e9:.1f} GFLOP for the compiled update); "
           f"FLOP limit of a step at the measured peak: {total / 1e9 / peak:.2f} s")
+    if peer:
+        run_peer(peer, peer_python, args, med, peak)
+
+
+PEAK_DRIFT = 1.25  # matmul peaks before ours / after theirs further apart than this: the machine changed
+
+
+def run_peer(peer, python, args, ours: dict, peak_before: float):
+    """Runs the peer on our shape after our side is done (not beside it) and prints both; then
+    re-measures the matmul peak and warns when the machine's speed moved between the sides."""
+    print(f"\n{peer.title} ({peer.requirement}, {python}): same shape, {args.steps} steps after a warm-up; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    try:
+        theirs = peer_lib.run(peer, python, peer_shape(args), platform=jax.default_backend())
+    except peer_lib.PeerError as e:
+        sys.exit(f"--peer {args.peer}: {e}")
+    expected = args.batch * args.new
+    if any(n != expected for n in theirs["new_tokens_per_step"]):
+        print(f"WARNING: {peer.title} generated {theirs['new_tokens_per_step']} new tokens per step, "
+              f"ours {expected}")
+    if theirs.get("actor_params_changed") is False:
+        print(f"WARNING: not every {peer.title} policy parameter tensor changed: its update may not have run")
+    print(f"{peer.title} warm-up step (compiles): {theirs['warmup_s']:.1f} s; steps: "
+          + ", ".join(f"{t:.2f}" for t in theirs["steps_s"]) + " s")
+    peak_after = matmul_peak()
+    drift = max(peak_before, peak_after) / min(peak_before, peak_after)
+    print(f"matmul peak before ours {peak_before:.0f}, after {peer.title} {peak_after:.0f} GFLOP/s; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if drift > PEAK_DRIFT:
+        print(f"WARNING: the machine's speed moved {drift:.2f}x between the sides: the ratio is unreliable "
+              "(measure on a quiet machine)")
+    print("\n".join(peer_lib.comparison_lines(peer, ours, theirs)))
 
 
 if __name__ == "__main__":
