@@ -5,7 +5,7 @@
         --config.rm.solutions_path=/path/to/gsm8k/example_model_solutions.jsonl
     python -m jaxstep.main --config=configs/train_orm.py:prm800k --workdir=runs/orm_prm800k \
         --config.rm.prm800k_path=/path/to/prm800k/phase2_train.jsonl
-    python -m jaxstep.main --config=configs/train_orm.py:paper --workdir=runs/orm_paper
+    python -m jaxstep.main --config=configs/train_orm.py:paper --workdir=runs/orm_paper   # DeBERTa-v3-large ORM
 """
 from jaxstep import config_lib
 
@@ -59,5 +59,9 @@ def get_config(arg: str = ""):
         return c
     c.name = "train_orm_paper"
     config_lib.rm_paper(c)
+    # A DeBERTa-v3-large encoder as in Pan et al. (a local folder or this hub name;
+    # jaxstep.models.deberta_heads); it reads the samples with its own tokenizer.
+    r.backbone = "deberta"
+    r.init_from = "microsoft/deberta-v3-large"
     r.samples_per_problem = 8
     return c

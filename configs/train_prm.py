@@ -4,7 +4,7 @@
     python -m jaxstep.main --config=configs/train_prm.py:montecarlo --workdir=runs/prm_mc
     python -m jaxstep.main --config=configs/train_prm.py:prm800k --workdir=runs/prm800k \
         --config.rm.prm800k_path=/path/to/prm800k/phase2_train.jsonl
-    python -m jaxstep.main --config=configs/train_prm.py:paper --workdir=runs/prm_paper
+    python -m jaxstep.main --config=configs/train_prm.py:paper --workdir=runs/prm_paper   # DeBERTa-v3-large PRM
 """
 from jaxstep import config_lib
 
@@ -68,6 +68,10 @@ def get_config(arg: str = ""):
     # paper: Math-Shepherd labels for GSM8K + MATH samples of an HF generator (rm.generator).
     c.name = "train_prm_paper"
     config_lib.rm_paper(c)
+    # A DeBERTa-v3-large encoder as in Pan et al. (a local folder or this hub name;
+    # jaxstep.models.deberta_heads); it reads the samples with its own tokenizer.
+    r.backbone = "deberta"
+    r.init_from = "microsoft/deberta-v3-large"
     r.labels = "montecarlo"
     r.mc_samples = 8
     r.mc_mode = "hard"

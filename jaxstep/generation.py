@@ -109,6 +109,60 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
     return Generated(*(np.asarray(x) for x in to_host(arrays)))
 
 
+def chunk_rows(rows: int, chunk_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Rows per sampler/scorer call for `rows` rows in chunks of `chunk_size`
+    (`sampler.batch_size`): `rows` itself (ONE call) when `chunk_size` <= 0 or >= rows,
+    else `chunk_size` rounded up to the mesh's data-parallel size (`round_batch`)."""
+    if chunk_size <= 0 or chunk_size >= rows:
+        return rows
+    return min(rows, round_batch(chunk_size, mesh))
+
+
+def chunk_slices(rows: int, size: int) -> list[slice]:
+    """`[0, size), [size, 2 size), ...` covering `rows` (the last may be shorter)."""
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+    """`x` `[n, ...]` padded to `size` rows with copies of its first row (one compiled
+    shape for a short last chunk; the copies are dropped after the call)."""
+    pad = size - x.shape[0]
+    return np.concatenate([x, np.repeat(x[:1], pad, 0)]) if pad else x
+
+
+def generate_chunked(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key: jax.Array, *,
+                     chunk_size: int, mesh: jax.sharding.Mesh, **kwargs) -> Generated:
+    """`generate_batch` over any number of rows, `chunk_rows(rows, chunk_size, mesh)`
+    rows per sampler call (the last chunk padded with copies of its first row), the
+    outputs concatenated in row order.
+
+    One chunk (`chunk_size` 0 or >= rows, the default sizes of the PPO stage) is one
+    `generate_batch` call with `key` itself: bitwise what an unchunked call returns.
+    Several chunks: chunk i samples with `jax.random.fold_in(key, i)`, so a chunked run
+    is reproducible (same key, same chunk size: same tokens) but its SAMPLED tokens
+    differ from one unchunked call's (other keys per row); greedy tokens are the same
+    (each row's argmax does not depend on the other rows).
+
+    Args:
+      prompt_ids, prompt_mask: `[rows, prompt_len]` numpy, the same on every process.
+      chunk_size: rows per call (`sampler.batch_size`); 0 = one call.
+      kwargs: `generate_batch`'s keyword arguments (max_new_tokens, eos_ids, pad_id, ...).
+    """
+    rows = prompt_ids.shape[0]
+    size = chunk_rows(rows, chunk_size, mesh)
+    if size == rows:
+        return generate_batch(model, params, prompt_ids, prompt_mask, key, mesh=mesh, **kwargs)
+    parts = []
+    for i, part in enumerate(chunk_slices(rows, size)):
+        n = part.stop - part.start
+        out = generate_batch(model, params, pad_rows(prompt_ids[part], size),
+                             pad_rows(prompt_mask[part], size), jax.random.fold_in(key, i), mesh=mesh,
+                             **kwargs)
+        fields = (getattr(out, f.name) for f in dataclasses.fields(out))
+        parts.append([None if x is None else x[:n] for x in fields])
+    return Generated(*(None if column[0] is None else np.concatenate(column) for column in zip(*parts)))
+
+
 def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
                     max_prompt_len: int, max_new_tokens: int, batch_size: int,
                     greedy: bool = True, temperature: float = 1.0, top_k: int = 0,

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxstep import config_lib
+from jaxstep import config_lib, paths
 from jaxstep.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -66,7 +66,7 @@ def main(argv):
     distributed.maybe_initialize(config)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = resolve_workdir(config, _WORKDIR.value)
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)  # a gs:// workdir is a URL: os.makedirs would create a local `gs:` folder
     dispatch(config, workdir)
 
 

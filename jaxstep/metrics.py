@@ -31,6 +31,32 @@ def _to_scalar(value: Any) -> float | int | None:
     return item
 
 
+UNDEFINED = "undefined"
+
+
+def mark_undefined(values: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """`values` with each undefined number (NaN: how the evaluation code marks a metric it
+    cannot compute on the data at hand, e.g. an AUC over one class) replaced by None
+    (JSON null, no TensorBoard point) and named with `reason` under `"undefined"`:
+    `{name: reason}` (absent when all are defined). Infinities and every other value are
+    kept: they are a result, not "undefined".
+
+        {"auc": nan, "acc": 0.5} -> {"auc": None, "acc": 0.5, "undefined": {"auc": reason}}
+    """
+    out: dict[str, Any] = {}
+    undefined: dict[str, str] = {}
+    for key, value in values.items():
+        scalar = _to_scalar(value)
+        if isinstance(scalar, float) and math.isnan(scalar):
+            out[key] = None
+            undefined[key] = reason
+        else:
+            out[key] = value
+    if undefined:
+        out[UNDEFINED] = undefined
+    return out
+
+
 class MetricWriter:
     """Writes scalar metrics as JSON lines and TensorBoard events.
 

@@ -1,7 +1,7 @@
 """A stage's run folder: `summary.json` (written last: the stage is done), the HF
 export, checkpoints, and where a chained run finds an earlier stage's product.
 
-    if is_done(workdir): return read_summary(workdir)
+    if (done := reuse_if_done(workdir, "sft")) is not None: return done
     export(workdir, model, params, tokenizer)               # <workdir>/export, HF layout
     write_summary(workdir, summary)                         # last: marks the stage done
 
@@ -12,6 +12,7 @@ stage is done is decided on process 0 and broadcast (`jaxstep.paths.agree`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -24,6 +25,7 @@ from jaxstep.metrics import read_metrics
 from jaxstep.models import hf
 from jaxstep.parallel.placement import is_main_process, sync, to_host
 
+logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 
@@ -47,6 +49,20 @@ def is_done(workdir: str) -> bool:
 def read_summary(workdir: str) -> dict:
     """The finished stage's summary.json."""
     return json.loads(paths.read_text(summary_path(workdir)))
+
+
+def reuse_if_done(workdir: str, stage: str) -> dict | None:
+    """Every stage's prologue: the summary of the finished stage in `workdir` (logged as
+    reused), or None when the stage has to run. Every process gets the same answer
+    (`is_done` is decided on process 0).
+
+        if (done := reuse_if_done(workdir, "sft")) is not None:
+            return done
+    """
+    if not is_done(workdir):
+        return None
+    logger.info("%s: %s is done; reusing it.", stage, workdir)
+    return read_summary(workdir)
 
 
 def jsonable(value):

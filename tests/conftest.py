@@ -43,3 +43,30 @@ def tpu():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for one test module (`pytestmark =
+    pytest.mark.usefixtures("compilation_cache")`): a resumed stage run (a new process
+    in real life) recompiles the same programs, which then take a second, not 20."""
+    import jax  # here, after XLA_FLAGS is set above
+    from jax._src import compilation_cache as cache
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {n: getattr(jax.config, n) for n in names}
+    cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
+    for n, v in old.items():
+        jax.config.update(n, v)
+    cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory):
+    """The PPO stage tests' inputs, once per module: a tiny random policy exported as
+    `<root>/sft/export` and a PRM and an ORM from it (`run_helpers.build_tiny_chain` on
+    `run_helpers.tiny_ppo_config()`)."""
+    from run_helpers import build_tiny_chain, tiny_ppo_config  # imports jax: after XLA_FLAGS
+    return build_tiny_chain(tmp_path_factory.mktemp("ppo_chain"), tiny_ppo_config())

@@ -16,6 +16,7 @@ from jaxstep.checkpoint import Checkpointer
 from jaxstep.metrics import read_metrics
 from jaxstep.models import build as model_build
 from jaxstep.models import reward_io
+from jaxstep.data import formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep import workdir as workdir_lib
 
@@ -49,13 +50,14 @@ def child_env(devices: int, cache_dir=None, **extra: str) -> dict:
 
 
 class Launch:
-    """One launch of a command; stdout/stderr go to `<log_dir>/<name>.{out,err}`."""
+    """One launch of a command in `cwd` (the repository root unless given); stdout/stderr
+    go to `<log_dir>/<name>.{out,err}`."""
 
-    def __init__(self, cmd, env, log_dir, name: str):
+    def __init__(self, cmd, env, log_dir, name: str, cwd=REPO_ROOT):
         log_dir = pathlib.Path(log_dir)
         self.out, self.err = log_dir / f"{name}.out", log_dir / f"{name}.err"
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
 
     def log(self) -> str:
         return self.err.read_text()
@@ -99,21 +101,56 @@ def finalized_checkpoints(workdir) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
+# The PPO stage tests' sizes: prompt and response lengths, step slots.
+PPO_P, PPO_R, PPO_S = 64, 24, 8
+
+
+def tiny_ppo_config(scheme="prm_dense", steps=2):
+    """A PPO config on the tiny decoder: 8 rollouts of 64 + 24 tokens, `steps` iterations."""
+    c = config_lib.base_config("test_ppo", "ppo")
+    c.data.num_train = 200
+    c.data.num_eval = 8
+    c.data.max_prompt_len = PPO_P
+    c.data.max_response_len = PPO_R
+    tiny_model(c)
+    c.ppo.scheme = scheme
+    c.ppo.steps = steps
+    c.ppo.rollout_batch = 8
+    c.ppo.minibatches = 1
+    c.ppo.max_steps = PPO_S
+    c.ppo.learning_rate = 1e-3
+    c.ppo.eval_limit = 8
+    c.checkpoint.every_steps = 1
+    return c
+
+
+def build_tiny_chain(root, config, kinds=("prm", "orm")) -> dict:
+    """The products of the stages before PPO, as a chained run lays them out: a tiny
+    random policy `<root>/sft/export` (the tokenizer resolved from `config`) and, for
+    each of `kinds`, a reward model `<root>/<kind>/export` built from it (key i + 1, its
+    score head scaled so that scores sit away from 0.5). Returns root, config, tokenizer,
+    model, params and the export paths under "sft" and each kind."""
+    root = pathlib.Path(root)
+    tokenizer = tokenizer_lib.resolve_tokenizer(config)
+    model, params = model_build.build_model(config, tokenizer)
+    chain = dict(root=str(root), config=config, tokenizer=tokenizer, model=model, params=params)
+    chain["sft"] = workdir_lib.export(str(root / "sft"), model, params, tokenizer)
+    for i, kind in enumerate(kinds):
+        rm, rm_params, head = reward_io.reward_model_from_generator(model, params, jax.random.key(i + 1))
+        rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
+        chain[kind] = reward_io.save_reward_model(str(root / kind / "export"), rm, rm_params, tokenizer,
+                                                  kind, lm_head=head)
+    return chain
+
+
 def build_ppo_inputs(root) -> dict:
     """A tiny random policy (`<root>/sft/export`) and a PRM from it (`<root>/prm/export`),
     as `--config.ppo.policy` / `--config.ppo.reward_model` overrides."""
-    root = pathlib.Path(root)
     config = config_lib.base_config("tiny_ppo_inputs", "ppo")
     config.data.num_train = 64
     config.model.update(TINY_MODEL)
-    tokenizer = tokenizer_lib.resolve_tokenizer(config)
-    model, params = model_build.build_model(config, tokenizer)
-    policy = workdir_lib.export(str(root / "sft"), model, params, tokenizer)
-    rm, rm_params, head = reward_io.reward_model_from_generator(model, params, jax.random.key(1))
-    rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
-    prm = reward_io.save_reward_model(str(root / "prm" / "export"), rm, rm_params, tokenizer, "prm",
-                                          lm_head=head)
-    return {"ppo.policy": policy, "ppo.reward_model": prm}
+    chain = build_tiny_chain(root, config, kinds=("prm",))
+    return {"ppo.policy": chain["sft"], "ppo.reward_model": chain["prm"]}
 
 
 def read_checkpoint(workdir, step: int):
@@ -159,6 +196,15 @@ def assert_same_run(unbroken, other, final_step: int, what: str) -> None:
         for key, value in want.items():
             if not key.endswith(TIMING_SUFFIXES):
                 assert row[key] == value, f"{what}: step {row['step']} {key}: {row[key]} != {value}"
+
+
+def long_prompts(problems, tokenizer, max_len: int) -> int:
+    """An independent count of the distinct plain-template prompts longer than `max_len`
+    tokens (BOS included): the tokenizer on the formatted text, no jaxstep encoding."""
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    questions = {p.question for p in problems}
+    return sum(bos + len(tokenizer(formatting.PROMPT_TEMPLATE.format(question=q), add_special_tokens=False)
+                         ["input_ids"]) > max_len for q in questions)
 
 
 def tiny_model(c, max_position_embeddings: int | None = None):

@@ -170,6 +170,11 @@ def test_remat_is_threaded_through_model_building():
     assert rm.remat == "full"
     c.model.remat = "none"
     assert model_build.with_remat(model, c) is model
+    c.model.attention = "xla"  # every stage builds its policy through with_remat
+    built = model_build.with_remat(model, c)
+    assert built.attention == "xla" and built.remat == model.remat
+    rm, _, _ = reward_io.reward_model_from_generator(built, _model()[1], jax.random.key(0))
+    assert rm.attention == "xla"
 
 
 def test_remat_decoder_samples_like_the_plain_one():

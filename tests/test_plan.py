@@ -85,6 +85,19 @@ def test_plan_cpu8_sampler_and_scorer(tmp_path):
     assert json.load(open(tmp_path / "plan.json"))["programs"]["sampler"]["info"]["new_tokens"] == 16
 
 
+@pytest.mark.slow  # compiles the scorer and the accumulating update: ~4 min on 2 busy cores
+def test_plan_cpu8_ppo_microbatches_chunks_and_xla_attention(tmp_path):
+    """ppo.microbatch_size multiplies the update's loop count; the scorer compiles one
+    sampler.batch_size chunk; model.attention=xla compiles (jax.nn.dot_product_attention)."""
+    c = _tiny_experiment("cpu-8", plan__programs="scorer,update", ppo__rollout_batch=32, ppo__minibatches=2,
+                         ppo__microbatch_size=8, model__attention="xla")
+    result = plan.run(c, str(tmp_path))
+    assert result["fits"]
+    update, scorer = result["programs"]["update"]["info"], result["programs"]["scorer"]["info"]
+    assert update["loops"] == 1 * 2 * 2 and update["microbatch"] == 8  # epochs x minibatches x 16 / 8
+    assert (scorer["batch"], scorer["loops"]) == (16, 2)  # 32 rollouts in chunks of 16
+
+
 def test_model_shapes_from_the_hub_table_and_local_folders(tmp_path):
     c = config_lib.base_config("t", "plan")
     c.model.dtype = "bfloat16"

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from jaxstep import config_lib
 from jaxstep.data import batching, formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.metrics import read_metrics
@@ -19,65 +18,21 @@ from jaxstep.rl import scorer as scorer_lib
 from jaxstep.rewards import shaping
 from jaxstep.data import sources
 from jaxstep.stages import ppo as stage_ppo
-from jaxstep import workdir as workdir_lib
 from jaxstep.parallel import mesh as mesh_lib
-from run_helpers import tiny_model
+from run_helpers import PPO_P as P, PPO_R as R, PPO_S as S, long_prompts, tiny_ppo_config as tiny_config
 
-P, R, S = 64, 24, 8
-
-
-def tiny_config(scheme="prm_dense", steps=2):
-    c = config_lib.base_config("test_ppo", "ppo")
-    c.data.num_train = 200
-    c.data.num_eval = 8
-    c.data.max_prompt_len = P
-    c.data.max_response_len = R
-    tiny_model(c)
-    c.ppo.scheme = scheme
-    c.ppo.steps = steps
-    c.ppo.rollout_batch = 8
-    c.ppo.minibatches = 1
-    c.ppo.max_steps = S
-    c.ppo.learning_rate = 1e-3
-    c.ppo.eval_limit = 8
-    c.checkpoint.every_steps = 1
-    return c
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: the resumed stage run (a new
-    process in real life) recompiles the same update, which then takes a second, not 20."""
-    from jax._src import compilation_cache  # noqa: PLC0415
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {n: getattr(jax.config, n) for n in names}
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random policy exported as <root>/sft/export and a PRM and an ORM from it."""
-    root = str(tmp_path_factory.mktemp("ppo_chain"))
-    config = tiny_config()
-    tokenizer = tokenizer_lib.resolve_tokenizer(config)
-    model, params = model_build.build_model(config, tokenizer)
-    workdir_lib.export(os.path.join(root, "sft"), model, params, tokenizer)
-    for i, kind in enumerate(("prm", "orm")):
-        rm, rm_params, head = reward_io.reward_model_from_generator(model, params, jax.random.key(i + 1))
-        rm_params["score"]["kernel"] = rm_params["score"]["kernel"] * 50  # scores away from 0.5
-        reward_io.save_reward_model(os.path.join(root, kind, "export"), rm, rm_params, tokenizer, kind,
-                                        lm_head=head)
-    rm_model, rm_params, _, _ = reward_io.load_reward_model(os.path.join(root, "prm", "export"))
-    orm_model, orm_params, _, _ = reward_io.load_reward_model(os.path.join(root, "orm", "export"))
+def tiny(tiny_chain):
+    """The tiny chain (tests/conftest.py: a policy at <root>/sft/export, a PRM and an ORM
+    from it) with the reward models loaded and 8 training problems."""
+    config = tiny_chain["config"]
+    rm_model, rm_params, _, _ = reward_io.load_reward_model(tiny_chain["prm"])
+    orm_model, orm_params, _, _ = reward_io.load_reward_model(tiny_chain["orm"])
     problems = sources.load_problems(config, "synthetic", "train")[:8]
-    return dict(root=root, config=config, tokenizer=tokenizer, model=model, params=params,
-                rm=(rm_model, rm_params), orm=(orm_model, orm_params), problems=problems)
+    return dict(tiny_chain, rm=(rm_model, rm_params), orm=(orm_model, orm_params), problems=problems)
 
 
 def rollout_from_texts(problems, texts, tokenizer, finished=True):
@@ -264,6 +219,8 @@ def test_stage_runs_checkpoints_resumes_and_exports(tiny):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
     assert summary["steps"] == 2 and summary["skipped_steps"] == 0 and summary["eval_problems"] == 4
+    prompts = [*stage_ppo.load_prompts(config), *sources.eval_problems(config, 4)]
+    assert summary["prompts_truncated"] == long_prompts(prompts, tiny["tokenizer"], P)
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f)["scheme"] == "prm_dense"
     export = os.path.join(workdir, "export")

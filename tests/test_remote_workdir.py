@@ -15,7 +15,7 @@ from jaxstep.data import sources
 from jaxstep.metrics import read_metrics
 from jaxstep.stages import evaluate as stage_eval
 from jaxstep.stages import sft as stage_sft
-from run_helpers import REPO_ROOT, tiny_model
+from run_helpers import REPO_ROOT, Launch, child_env, tiny_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,10 +68,13 @@ def test_paths_layer_on_a_fake_bucket(bucket):
     assert paths.agree(True) and not paths.agree(False)  # one process: its own flag
 
 
-def test_sft_and_eval_stages_in_a_bucket(bucket):
+def test_sft_and_eval_stages_in_a_bucket(bucket, tmp_path, monkeypatch):
     """SFT and eval with gs:// workdirs: summary, HF export, metrics, TensorBoard, report,
     samples and plots land in the bucket, the eval loads the SFT export from it, and a
-    second run reuses both stages."""
+    second run reuses both stages. Nothing local is made from the URL (no `gs:` folder)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     run = "gs://bucket/run"
     sft_dir, eval_dir = f"{run}/sft", f"{run}/eval_sft"
     summary = stage_sft.run(tiny_sft_config(), sft_dir)
@@ -104,6 +107,7 @@ def test_sft_and_eval_stages_in_a_bucket(bucket):
     assert workdir_lib.is_done(sft_dir) and workdir_lib.is_done(eval_dir)
     assert stage_sft.run(tiny_sft_config(), sft_dir) == summary  # reused, read from the bucket
     assert stage_eval.run(c, eval_dir) == evaluated
+    assert os.listdir(cwd) == []
 
 
 def test_skipped_records_are_counted_in_the_loaded_problems(shared_data):
@@ -135,14 +139,16 @@ MAIN_OVERRIDES = {
 def test_main_job_in_two_processes_sharing_a_bucket(tmp_path):
     """The whole main job (sft -> prm -> evals -> ppo -> report) by two jax.distributed
     processes with one gs:// workdir: process 0 writes, both finish, and a rerun of both
-    reuses every stage (the reuse decision is process 0's on both)."""
-    from test_distributed_ppo import launch_processes, wait_all
-    root = tmp_path / "gcs"
+    reuses every stage (the reuse decision is process 0's on both). Nothing treats the
+    URL as a local path: no `gs:` folder appears in the processes' working directory."""
+    root, cwd = tmp_path / "gcs", tmp_path / "cwd"
+    cwd.mkdir()
     workdir = "gs://bucket/main"
     cmd = [sys.executable, str(REPO_ROOT / "tests" / "fake_bucket.py"), str(root),
-           "--config=configs/ppo_prm_max.py", f"--workdir={workdir}",
+           f"--config={REPO_ROOT / 'configs' / 'ppo_prm_max.py'}", f"--workdir={workdir}",
            *[f"--config.{k}={v}" for k, v in MAIN_OVERRIDES.items()]]
-    wait_all(launch_processes(cmd, tmp_path, "main"))
+    _wait_all(_launch_in(cwd, cmd, tmp_path, "main"))
+    assert sorted(os.listdir(cwd)) == [], sorted(os.listdir(cwd))  # e.g. a local `gs:/bucket/main`
     local = root / "bucket" / "main"
     summary = json.loads((local / "summary.json").read_text())
     assert (local / "report.md").is_file()
@@ -160,7 +166,31 @@ def test_main_job_in_two_processes_sharing_a_bucket(tmp_path):
 
     for f in (local / "summary.json",):
         f.unlink()  # the chain runs again: every stage reused
-    again = launch_processes(cmd, tmp_path, "again")
-    wait_all(again)
+    _wait_all(_launch_in(cwd, cmd, tmp_path, "again"))
     rerun = json.loads((local / "summary.json").read_text())
     assert all(t["reused"] for t in rerun["timings"].values()), rerun["timings"]
+    assert sorted(os.listdir(cwd)) == [], sorted(os.listdir(cwd))
+
+
+# The whole main job twice in two processes: past run_helpers' 300 s on a busy machine.
+MAIN_JOB_TIMEOUT_S = 1800
+
+
+def _wait_all(launches: list[Launch]) -> None:
+    """`test_distributed_ppo.wait_all` with the main job's time limit."""
+    try:
+        for launch in launches:
+            rc = launch.wait(timeout=MAIN_JOB_TIMEOUT_S)
+            assert rc == 0, f"rc {rc}:\n" + "\n".join(l.tail(3000) for l in launches)
+    finally:
+        for launch in launches:
+            launch.kill()
+
+
+def _launch_in(cwd, cmd, log_dir, name: str, count: int = 2) -> list[Launch]:
+    """`test_distributed_ppo.launch_processes` with the processes started in `cwd`."""
+    from test_distributed_ppo import _free_port
+    port = _free_port()
+    return [Launch(cmd, child_env(1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                                  JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(pid)),
+                   log_dir, f"{name}{pid}", cwd=cwd) for pid in range(count)]

@@ -26,6 +26,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.tie_word_embeddings = True
     # Memory knobs of every stage that trains (SFT, reward model, PPO policy and critic).
     m.remat = "none"  # per-layer rematerialisation: none | full | dots | dots_no_batch | offload (jaxstep.models.decoder.remat_policy)
+    m.attention = "einsum"  # attention kernel: einsum (explicit scores) | xla | cudnn (jax.nn.dot_product_attention; cudnn = flash on GPU) (jaxstep.models.attention)
     m.logits_chunk = 0  # >0: SFT loss and PPO log-probs run the LM head over this many positions at a time, never building [batch, time, vocab] logits (0 = off)
     return m
 
@@ -135,7 +136,9 @@ def rm_config() -> ml_collections.ConfigDict:
     r = ml_collections.ConfigDict()
     r.kind = "prm"  # used when config.stage is neither orm nor prm (the stage name wins): orm | prm
     r.generator = ""  # HF folder of the generator that samples solutions ("" = <workdir>/../sft/export if present)
-    r.init_from = ""  # backbone init: HF folder ("" = the generator; neither: config.model from scratch)
+    r.init_from = ""  # backbone init: HF folder ("" = the generator; neither: config.model from scratch); backbone=deberta: a DeBERTa-v2/v3 HF folder or hub name (required)
+    r.backbone = "decoder"  # decoder (the generator's decoder + scalar head) | deberta (DeBERTa encoder ORM/PRM heads, own tokenizer; jaxstep.models.deberta_heads)
+    r.block_causal = True  # backbone=deberta, prm: block-causal attention over steps (a step's score sees only the question and steps up to it)
     r.likelihood_feature = False  # prm (ignored by orm): add weight * (step log-likelihood under the backbone's LM head) to the head's logit
     r.lm_loss_weight = 0.0  # prm with likelihood_feature: + weight * next-token loss on correct steps (joint objective)
     # Training data.
@@ -188,7 +191,12 @@ def ppo_config() -> ml_collections.ConfigDict:
     p = ml_collections.ConfigDict()
     # Inputs.
     p.policy = ""  # HF folder of the SFT policy (also the frozen reference); "" = <workdir>/../sft/export
-    p.reward_model = ""  # reward-model folder (train/reward_models.py export); "" = <workdir>/../<orm|prm>/export
+    p.reward_model = ""  # reward-model folder (train/reward_models.py export, or a public HF reward model: *ForSequenceClassification ORM, *ForTokenClassification PRM, Math-Shepherd *ForCausalLM PRM); "" = <workdir>/../<orm|prm>/export
+    p.outcome_reward_model = ""  # second reward model, an ORM, added to a PRM scheme's reward when outcome_coef > 0; "" = <workdir>/../orm/export
+    p.outcome_coef = 0.0  # weight of that ORM's score at the last token (0 = one reward model; the Clip/Delta recipe: 1)
+    p.rm_step_tag = "ки"  # Math-Shepherd reward model (a *ForCausalLM folder): tag token written after each step, read there
+    p.rm_good_token = "+"  # ... its "good step" token (step score = p(good) / (p(good) + p(bad)) at the tag)
+    p.rm_bad_token = "-"  # ... its "bad step" token
     p.train_sources = ""  # prompt mix "source[:weight],..." (e.g. "gsm8k:0.5,math:0.5"); "" = data.train_sources
     p.num_prompts = 0  # prompts in the mix (0 = all the sources hold; synthetic: data.num_train)
     # Reward.
@@ -219,6 +227,7 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.samples_per_prompt = 1  # responses sampled per prompt (rollout_batch / samples_per_prompt prompts)
     p.epochs = 1  # passes over each rollout batch
     p.minibatches = 2  # minibatches per epoch (must divide rollout_batch)
+    p.microbatch_size = 0  # >0: accumulate each minibatch's policy/critic gradients over microbatches of this many rows (must divide rollout_batch / minibatches; one optimizer step per minibatch); 0 = none
     p.learning_rate = 1e-5  # policy Adam learning rate (constant after warmup)
     p.critic_learning_rate = 1e-4  # critic Adam learning rate
     p.warmup_steps = 0  # linear learning-rate warmup (iterations)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jaxstep.models.attention import ATTENTION_IMPLS  # model.attention
 from jaxstep.models.decoder import REMAT_POLICIES  # model.remat
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.rewards import shaping
@@ -38,6 +39,7 @@ ORM_LABELS = ("samples", "prm800k")  # rm.orm_labels
 RM_LOSSES = ("bce", "bt")  # rm.loss
 LABEL_RULES = ("reference", "valid")  # rm.label_rule (jaxstep.data.step_checks.label_steps)
 MC_MODES = ("hard", "soft")  # rm.mc_mode
+RM_BACKBONES = ("decoder", "deberta")  # rm.backbone (jaxstep.rm.backbones.BACKBONES)
 PLAN_PROGRAMS = ("sft", "rm", "sampler", "scorer", "update")  # plan.programs (comma list)
 CORRUPTION_KINDS = tuple(step_checks.KINDS)  # rm.corruption_kinds (comma list)
 PROMPT_TEMPLATES = tuple(formatting.PROMPT_TEMPLATES)  # data.prompt_template
@@ -56,8 +58,11 @@ def trained_reward_models(config) -> set[str]:
     kind = lambda scheme: "orm" if scheme == "orm" else "prm"  # noqa: E731 (unknown schemes are reported apart)
     if stage in RM_KINDS:
         return {stage}
-    if stage == "pipeline" and not config.ppo.reward_model:
-        return {kind(config.ppo.scheme)}
+    if stage == "pipeline":
+        needed = set() if config.ppo.reward_model else {kind(config.ppo.scheme)}
+        if config.ppo.get("outcome_coef", 0.0) > 0 and not config.ppo.get("outcome_reward_model"):
+            needed.add("orm")  # the second reward model of PRM + ORM
+        return needed
     if stage == "sweep":
         given = {"prm": config.sweep.prm, "orm": config.sweep.orm}
         return {k for k in map(kind, comma_list(config.sweep.schemes)) if not given[k]}
@@ -102,6 +107,12 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
     check(bool(estimators) and not bad, "sweep.estimators", s.estimators,
           f"unknown estimator(s) {bad}; expected a comma list of {ESTIMATORS}" if bad else "no estimator")
     check(p.max_consecutive_skips >= 0, "ppo.max_consecutive_skips", p.max_consecutive_skips, "must be >= 0")
+    check(p.outcome_coef >= 0, "ppo.outcome_coef", p.outcome_coef, "must be >= 0 (0 = no second reward model)")
+    check(p.outcome_coef == 0 or p.scheme != "orm", "ppo.outcome_coef", p.outcome_coef,
+          "adds an ORM to a PRM scheme; with ppo.scheme='orm' the ORM is already the reward (set 0)")
+    for field in ("rm_step_tag", "rm_good_token", "rm_bad_token"):
+        check(bool(p[field].strip()), f"ppo.{field}", p[field], "must be a non-empty token")
+    check(p.rm_good_token != p.rm_bad_token, "ppo.rm_bad_token", p.rm_bad_token, "must differ from ppo.rm_good_token")
     schemes = comma_list(s.schemes)
     bad = [x for x in schemes if x not in SCHEMES]
     check(bool(schemes) and not bad, "sweep.schemes", s.schemes,
@@ -133,6 +144,10 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
         micro = section.get("microbatch_size", 0)
         check(micro >= 0 and (micro == 0 or section.batch_size % micro == 0), f"{name}.microbatch_size",
               micro, f"must be 0 (off) or divide {name}.batch_size={section.batch_size}")
+    micro, rows = p.get("microbatch_size", 0), p.rollout_batch // max(p.minibatches, 1)
+    check(micro >= 0 and (micro == 0 or micro >= rows or rows % micro == 0), "ppo.microbatch_size", micro,
+          f"must be 0 (off) or divide the minibatch (ppo.rollout_batch / ppo.minibatches = {rows} rows)")
+    one_of("model.attention", m.get("attention", "einsum"), ATTENTION_IMPLS)
     if config.stage == "plan" and "plan" in config:
         from jaxstep.parallel import aot  # noqa: PLC0415  (the TPU compiler loads lazily)
         try:
@@ -152,6 +167,12 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
     check(not bad, "rm.corruption_kinds", r.corruption_kinds,
           f"unknown kind(s) {bad}; expected a comma list of {CORRUPTION_KINDS} ('' = all)")
     one_of("rm.orm_labels", r.get("orm_labels", "samples"), ORM_LABELS)
+    one_of("rm.backbone", r.get("backbone", "decoder"), RM_BACKBONES)
+    if r.get("backbone", "decoder") == "deberta" and trained_reward_models(config):
+        check(bool(r.init_from), "rm.init_from", r.init_from,
+              "rm.backbone='deberta' needs a DeBERTa-v2/v3 HF folder or hub name")
+        check(not r.likelihood_feature, "rm.likelihood_feature", r.likelihood_feature,
+              "must be False with rm.backbone='deberta' (an encoder has no LM head)")
     if "orm" in trained_reward_models(config) and r.get("orm_labels") == "prm800k":
         check(bool(r.prm800k_path), "rm.prm800k_path", r.prm800k_path,
               "rm.orm_labels='prm800k' needs a PRM800K .jsonl file or folder")

@@ -111,7 +111,7 @@ def encode_sft(problems: Sequence[Problem], tokenizer, max_len: int, *,
                solutions: Sequence[str] | None = None, delimiter: str = formatting.DEFAULT_DELIMITER,
                template: str = formatting.PROMPT_TEMPLATE, max_steps: int | None = None,
                buckets: Sequence[int] | str | None = AUTO, add_bos: bool = True,
-               add_eos: bool = True) -> dict[str, np.ndarray]:
+               add_eos: bool = True, answer_steps=None) -> dict[str, np.ndarray]:
     """`[bos] prompt solution [eos]` sequences with loss and step-end positions.
 
     Args:
@@ -125,6 +125,10 @@ def encode_sft(problems: Sequence[Problem], tokenizer, max_len: int, *,
       max_steps: S; None = the batch's largest step count rounded up to a multiple
         of 4. Steps past S are dropped (see `num_steps`).
       buckets: "auto" (default), explicit sizes, or None for T = max_len.
+      answer_steps: `(tokenizer, solutions, delimiter) -> (token lists, step ends per
+        solution)`; None finds each step's end at its delimiter token
+        (`step_ends_from_tokens`); `jaxstep.data.step_offsets.solution_step_ends` uses
+        character offsets instead.
 
     Returns:
       ids int32 [batch, T] (right-padded); mask bool [batch, T];
@@ -143,14 +147,18 @@ def encode_sft(problems: Sequence[Problem], tokenizer, max_len: int, *,
     bos = [ids_of["bos"]] if add_bos and ids_of["bos"] is not None else []
     eos = [ids_of["eos"]] if add_eos and ids_of["eos"] is not None else []
     prompts = _encode_prompt_texts(tokenizer, formatting.format_prompts(problems, template, tokenizer))
-    answers = _encode_texts(tokenizer, list(solutions))
+    if answer_steps is None:
+        answers = _encode_texts(tokenizer, list(solutions))
+        answer_ends = [step_ends_from_tokens(answer, tokenizer, delimiter) for answer in answers]
+    else:
+        answers, answer_ends = answer_steps(tokenizer, list(solutions), delimiter)
     rows, prompt_lens, ends_per_row = [], [], []
-    for (text, prompt), answer in zip(prompts, answers):
+    for (text, prompt), answer, ends in zip(prompts, answers, answer_ends):
         row_bos = _bos_for(text, bos, tokenizer, template)
         start = len(row_bos) + len(prompt)
         rows.append(row_bos + prompt + answer + eos)
         prompt_lens.append(start)
-        ends_per_row.append([start + e for e in step_ends_from_tokens(answer, tokenizer, delimiter)])
+        ends_per_row.append([start + e for e in ends])
     truncated = np.array([len(r) > max_len for r in rows], dtype=bool)
     rows = [r[:max_len] for r in rows]
     ends_per_row = [[e for e in ends if e < len(r)] for ends, r in zip(ends_per_row, rows)]

@@ -33,10 +33,14 @@ def remat_of(config) -> str:
 
 
 def with_remat(model, config):
-    """`model` (a Decoder or ScalarModel) with `config.model.remat`; the same object when
-    that is "none"."""
+    """`model` (a Decoder or ScalarModel) with `config.model.remat` and
+    `config.model.attention` (`jaxstep.models.attention`); the same object when those
+    are "none" and "einsum"."""
     remat = remat_of(config)
-    return model if remat == "none" else model.clone(remat=remat)
+    attention = config.model.get("attention", "einsum") or "einsum"
+    if remat != "none":
+        model = model.clone(remat=remat)
+    return model if attention == "einsum" else model.clone(attention=attention)
 
 
 def build_model(config, tokenizer, path: str = "", key: jax.Array | None = None):

@@ -352,7 +352,8 @@ class DebertaEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-                 token_type_ids: Array | None = None, position_ids: Array | None = None) -> Array:
+                 token_type_ids: Array | None = None, position_ids: Array | None = None,
+                 pair_mask: Array | None = None) -> Array:
         """Encodes a batch.
 
         Args:
@@ -362,6 +363,9 @@ class DebertaEncoder(nn.Module):
           token_type_ids: `[batch, time]` segment ids (None = 0; only with `type_vocab_size`).
           position_ids: `[batch, time]` absolute positions for `position_biased_input`
             (None = 0..time-1, as transformers, whatever the padding).
+          pair_mask: optional bool `[batch, time, time]` (query, key): which keys each
+            query may attend to, ANDed with the padding mask (e.g. the block-causal mask
+            of `jaxstep.models.deberta_heads`). None = every real token sees every real token.
 
         Returns:
           the last hidden state `[batch, time, hidden_size]`, float32.
@@ -395,7 +399,8 @@ class DebertaEncoder(nn.Module):
             rel_embed = rel_embed.astype(cfg.compute_dtype)
             if cfg.rel_norm:
                 rel_embed = _layer_norm(cfg, "rel_norm")(rel_embed)
-        pair_mask = mask[:, :, None] & mask[:, None, :]
+        padding_pairs = mask[:, :, None] & mask[:, None, :]
+        pair_mask = padding_pairs if pair_mask is None else padding_pairs & pair_mask.astype(bool)
 
         layer_cls = nn.remat(Layer) if self.remat else Layer
         for i in range(cfg.num_layers):

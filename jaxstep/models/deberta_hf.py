@@ -154,7 +154,8 @@ def load(path: str | os.PathLike, dtype=jnp.float32, param_dtype=None) -> tuple[
 
 
 def save(path: str | os.PathLike, model: DebertaEncoder | DebertaConfig, params: dict,
-         tokenizer=None) -> pathlib.Path:
+         tokenizer=None, *, prefix: str = "", extra_tensors: dict | None = None,
+         extra_config: dict | None = None) -> pathlib.Path:
     """Writes config.json + model.safetensors (`DebertaV2Model` names) into `path`.
 
     Args:
@@ -163,6 +164,10 @@ def save(path: str | os.PathLike, model: DebertaEncoder | DebertaConfig, params:
       params: its params (written in `config.param_dtype`; gathered to host).
       tokenizer: a transformers tokenizer (e.g. `DebertaV2Tokenizer`) or a
         `tokenizers.Tokenizer`, saved alongside.
+      prefix: prepended to every encoder tensor name (`"deberta."` for a task model).
+      extra_tensors: more HF tensors (a task head, e.g. `classifier.weight`), written as given.
+      extra_config: config.json fields that override or extend the encoder's
+        (`architectures`, `num_labels`, ...).
 
     Returns the folder.
     """
@@ -175,13 +180,14 @@ def save(path: str | os.PathLike, model: DebertaEncoder | DebertaConfig, params:
     tensors: dict[str, np.ndarray] = {}
     for hf_key, our_path, kind in key_map(config):
         value = np.asarray(jax.device_get(get_path(params, our_path))).astype(np_dtype)
-        tensors[hf_key] = keymaps.to_hf(value, kind)
+        tensors[prefix + hf_key] = keymaps.to_hf(value, kind)
     if config.rel_norm and not config.relative_attention:
         # transformers creates this (unused) LayerNorm anyway; write its identity values.
-        tensors["encoder.LayerNorm.weight"] = np.ones(config.hidden_size, np_dtype)
-        tensors["encoder.LayerNorm.bias"] = np.zeros(config.hidden_size, np_dtype)
+        tensors[prefix + "encoder.LayerNorm.weight"] = np.ones(config.hidden_size, np_dtype)
+        tensors[prefix + "encoder.LayerNorm.bias"] = np.zeros(config.hidden_size, np_dtype)
+    tensors.update({k: np.ascontiguousarray(v) for k, v in (extra_tensors or {}).items()})
     with open(folder / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
+        json.dump({**config.to_hf_dict(), **(extra_config or {})}, f, indent=2)
     (folder / SAFE_INDEX).unlink(missing_ok=True)
     save_file(tensors, str(folder / SAFE_SINGLE), metadata={"format": "pt"})
     if tokenizer is not None:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxstep.models import attention as attention_lib
 from jaxstep.models.config import ModelConfig
 from jaxstep.models.layers import RMSNorm, _constrain, _dense, _init, _norm
 
@@ -116,10 +117,33 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
 # ----------------------------------------------------------------------------- blocks
 
 
+def _einsum_attention(qg: Array, k: Array, v: Array, allowed: Array, *, cached: bool, dtype) -> Array:
+    """The explicit-scores attention ("einsum"): qg `[B, T, K, G, D]`; k, v `[B, S, K, D]`
+    (or the cache layouts `[B, K, D, S]`, `[B, K, S, D]` when `cached`); allowed
+    `[B, T, S]`. Float32 scores and softmax; returns `[B, T, K, G, D]`."""
+    T, D = qg.shape[1], qg.shape[-1]
+    if not cached:
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    elif T == 1:
+        scores = jnp.einsum("bkgd,bkds->bkgs", qg[:, 0], k, preferred_element_type=jnp.float32)[:, :, :, None]
+    else:
+        scores = jnp.einsum("btkgd,bkds->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (D ** -0.5)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    if not cached:
+        return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    if T == 1:
+        return jnp.einsum("bkgs,bksd->bkgd", probs[:, :, :, 0], v)[:, None]
+    return jnp.einsum("bkgts,bksd->btkgd", probs, v)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with GQA, RoPE (Llama family) and an optional KV cache."""
+    """Multi-head attention with GQA, RoPE (Llama family) and an optional KV cache;
+    `impl` picks the attention product (`jaxstep.models.attention.ATTENTION_IMPLS`)."""
 
     config: ModelConfig
+    impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, kv_mask: Array, query_slots: Array,
@@ -161,29 +185,19 @@ class Attention(nn.Module):
                 kc, vc = kc[..., :cache_index + T], vc[:, :, :cache_index + T]
                 kv_mask = kv_mask[:, :cache_index + T]
             k, v = kc.astype(cfg.compute_dtype), vc.astype(cfg.compute_dtype)
-            S = k.shape[3]
-            if T == 1:
-                scores = jnp.einsum("bkgd,bkds->bkgs", qg[:, 0], k,
-                                    preferred_element_type=jnp.float32)[:, :, :, None]
-            else:
-                scores = jnp.einsum("btkgd,bkds->bkgts", qg, k, preferred_element_type=jnp.float32)
-        else:
-            S = T
-            scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-        scores = scores * (D ** -0.5)
+        S = k.shape[3] if layer_cache is not None else T
         key_slots = jnp.arange(S)
         allowed = key_slots[None, :] <= query_slots[:, None]  # [T, S] causal
         if cfg.sliding_window:
             allowed &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
         allowed = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        if layer_cache is None:
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-        elif T == 1:
-            out = jnp.einsum("bkgs,bksd->bkgd", probs[:, :, :, 0], v)[:, None]
-        else:
-            out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+        if self.impl == "einsum":
+            out = _einsum_attention(qg, k, v, allowed, cached=layer_cache is not None,
+                                    dtype=cfg.compute_dtype)
+        else:  # jax.nn.dot_product_attention (jaxstep.models.attention)
+            if layer_cache is not None:
+                k, v = attention_lib.cache_keys_values(k, v)
+            out = attention_lib.library_attention(q, k, v, allowed, self.impl)
         out = out.reshape(B, T, H, D)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
         out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), out_bias, cfg, "o_proj",
@@ -216,6 +230,7 @@ class Block(nn.Module):
     """One decoder layer: pre-norm residual blocks (OPT may put the norms after)."""
 
     config: ModelConfig
+    attention: str = "einsum"  # the attention product (jaxstep.models.attention)
 
     @nn.compact
     def __call__(self, x, positions, kv_mask, query_slots, layer_cache, cache_index):
@@ -223,7 +238,7 @@ class Block(nn.Module):
         post_norm = cfg.is_opt and not cfg.do_layer_norm_before
         attn_norm, mlp_norm = _norm(cfg, "attn_norm"), _norm(cfg, "mlp_norm")
         h = x if post_norm else attn_norm(x)
-        h, layer_cache = Attention(cfg, name="attn")(h, positions, kv_mask, query_slots,
+        h, layer_cache = Attention(cfg, self.attention, name="attn")(h, positions, kv_mask, query_slots,
                                                      layer_cache, cache_index)
         x = x + h
         if post_norm:
@@ -302,10 +317,14 @@ class Decoder(nn.Module):
       remat: how each layer is rematerialised in the backward pass, a name from
         `REMAT_POLICIES` ("none", "full", "dots", "dots_no_batch", "offload"); True and
         False mean "full" and "none". See `remat_policy`.
+      attention: the attention product, a name from
+        `jaxstep.models.attention.ATTENTION_IMPLS` ("einsum", the default; "xla" or
+        "cudnn": `jax.nn.dot_product_attention`). Changes no parameter.
     """
 
     config: ModelConfig
     remat: bool | str = False
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
@@ -367,7 +386,7 @@ class Decoder(nn.Module):
         new_layers = []
         for i in range(cfg.num_layers):
             layer_cache = cache["layers"][i] if cache is not None else None
-            x, layer_cache = block_cls(cfg, name=f"layers_{i}")(
+            x, layer_cache = block_cls(cfg, attention_lib.check_impl(self.attention), name=f"layers_{i}")(
                 x, positions, kv_mask, query_slots, layer_cache, cache_index)
             new_layers.append(layer_cache)
 

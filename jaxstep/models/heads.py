@@ -38,12 +38,13 @@ class ScalarModel(nn.Module):
     config: ModelConfig
     remat: bool | str = False  # a `decoder.REMAT_POLICIES` name; True/False = full/none
     boundary_ids: tuple[int, ...] = ()  # non-empty: add the likelihood feature (module docstring)
+    attention: str = "einsum"  # the backbone's attention product (jaxstep.models.attention)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, positions=None, return_token_logprobs: bool = False):
         """`[batch, time]` float32 head logits; with `return_token_logprobs` (likelihood
         feature only) also the backbone LM's `[batch, time]` log p(token t | tokens < t)."""
-        decoder = Decoder(self.config, remat=self.remat, name="decoder")
+        decoder = Decoder(self.config, remat=self.remat, attention=self.attention, name="decoder")
         if not self.boundary_ids:
             if return_token_logprobs:
                 raise ValueError("ScalarModel: token log-probs need the likelihood feature (boundary_ids)")

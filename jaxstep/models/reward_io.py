@@ -25,7 +25,8 @@ from jaxstep import models, paths
 from jaxstep.data import formatting
 from jaxstep.parallel import placement
 from safetensors.numpy import load_file, save_file
-from jaxstep.models import hf_files
+from jaxstep.models import hf_files, hf_reward
+from jaxstep.models import deberta_heads  # also registers DeBERTa folders in hf_reward.ENCODER_LOADERS
 
 logger = logging.getLogger(__name__)
 KINDS = ("orm", "prm")
@@ -55,7 +56,7 @@ def reward_model_from_generator(model: models.Decoder, params: dict, key: jax.Ar
     """
     boundary_ids = tuple(int(i) for i in boundary_ids)
     remat = model.remat if remat is None else remat
-    rm = models.ScalarModel(model.config, remat=remat, boundary_ids=boundary_ids)
+    rm = models.ScalarModel(model.config, remat=remat, boundary_ids=boundary_ids, attention=model.attention)
     rm_params = models.scalar_params_from_decoder(params, key, model.config, likelihood=bool(boundary_ids))
     return rm, rm_params, params.get("lm_head")
 
@@ -87,6 +88,8 @@ def save_reward_model(path: str, model: models.ScalarModel, params: dict, tokeni
 
     if kind not in KINDS:
         raise ValueError(f"reward-model kind must be one of {KINDS}, got {kind!r}")
+    if isinstance(model, deberta_heads.DebertaRewardModel):  # an encoder: HF classification folder
+        return deberta_heads.save_reward_model(path, model, params, tokenizer, kind, metadata=metadata)
     config = model.config
     params = placement.to_host(params)
     if placement.is_main_process():
@@ -144,20 +147,29 @@ def read_reward_model_info(path: str) -> dict:
     return info
 
 
-def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32):
+def load_reward_model(path: str, dtype=jnp.float32, param_dtype=jnp.float32, **hf_options):
     """Loads a reward-model folder in one call.
 
     Args:
-      path: a folder written by `save_reward_model` (e.g. `<prm workdir>/export`).
+      path: a folder written by `save_reward_model` (e.g. `<prm workdir>/export`), or a
+        public HF reward-model folder without reward_model.json (SequenceClassification
+        ORM, TokenClassification PRM, Math-Shepherd causal LM: `jaxstep.models.hf_reward`).
       dtype: compute dtype of the model; param_dtype: dtype of the returned params.
+      hf_options: `step_tag`, `good_token`, `bad_token` for `jaxstep.models.hf_reward.load`.
 
     Returns:
       `(model, params, tokenizer, kind)`: a `ScalarModel`, its params
       `{"decoder": ..., "score": {"kernel" [embed, 1], "bias" [1]}}`, the tokenizer
-      saved with it, and "orm" or "prm". Score with `jaxstep.rewards.scoring`.
+      saved with it, and "orm" or "prm" (for a public folder, `hf_reward.load`'s model).
+      Score with `jaxstep.rewards.scoring`.
     """
     path = paths.local_copy(path)  # a URL is downloaded once
+    if not os.path.isfile(os.path.join(path, RM_CONFIG_FILE)) and os.path.isfile(os.path.join(path, "config.json")):
+        return hf_reward.load(path, dtype=dtype, param_dtype=param_dtype, **hf_options)
     info = read_reward_model_info(path)
+    if info.get("backbone") == "deberta":  # jaxstep.models.deberta_heads
+        model, params, kind = deberta_heads.load_hf(path, dtype=dtype, param_dtype=param_dtype)
+        return model, params, tokenizer_lib.load_tokenizer(path), kind
     decoder, decoder_params = hf.load(path, dtype=dtype, param_dtype=param_dtype)
     boundary_ids = tuple(int(i) for i in info.get("likelihood_boundary_ids") or ())
     if not boundary_ids:

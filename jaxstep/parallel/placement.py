@@ -13,6 +13,7 @@ import math
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from jaxstep import models
 from jaxstep.parallel import distributed
@@ -56,6 +57,22 @@ def shard_params(params, model, mesh: jax.sharding.Mesh, rules=None):
     the same params and keeps its own shards."""
     shardings = rules_lib.param_shardings(params, models.logical_specs(model), mesh, rules)
     return distributed.put_global(params, shardings)
+
+
+def frozen_dtype(compute_dtype) -> jnp.dtype:
+    """The param dtype of a frozen model (reference policy, reward model): the compute
+    dtype when it is a 16-bit float (no f32 master copy is needed for weights that are
+    never updated: half the memory), else float32."""
+    compute_dtype = jnp.dtype(compute_dtype)
+    return compute_dtype if compute_dtype in (jnp.bfloat16, jnp.float16) else jnp.dtype(jnp.float32)
+
+
+def cast_params(params, dtype):
+    """A copy of `params` (new buffers, shardings kept) with every floating leaf in
+    `dtype`; integer leaves are copied unchanged."""
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.copy(x)
+    return jax.jit(lambda tree: jax.tree.map(cast, tree))(params)
 
 
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh, keys: Sequence[str] | None = None) -> dict:

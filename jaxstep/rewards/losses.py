@@ -61,7 +61,11 @@ def batch_loss(model, params: dict, batch: dict, loss: str, lm_weight: float = 0
         weights = batch["lm_mask"].astype(jnp.float32)
         lm = -(token_lp * weights).sum() / jnp.maximum(weights.sum(), 1.0)
         return value + lm_weight * lm, {**aux, "bce": value, "lm_loss": lm}
-    logits = scoring.position_logits(model, params, ids, mask)
+    ends, ends_mask = batch.get("step_ends"), batch.get("step_mask")
+    if loss == "bt" and ends is not None:  # pairs with their steps (`encode_pairs(with_steps=True)`)
+        ends, ends_mask = ends.reshape(-1, ends.shape[-1]), ends_mask.reshape(-1, ends_mask.shape[-1])
+    # Step ends reach only a model that declares `needs_step_ends` (block-causal DeBERTa PRM).
+    logits = scoring.position_logits(model, params, ids, mask, step_ends=ends, step_mask=ends_mask)
     if loss == "bce":
         picked = scoring.gather_steps(logits, batch["step_ends"], batch["step_mask"])
         return bce_loss(picked, batch["labels"], batch["label_mask"])

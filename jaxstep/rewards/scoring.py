@@ -29,13 +29,20 @@ KINDS = ("orm", "prm")
 
 
 def position_logits(model, params: dict, ids: jax.Array, mask: jax.Array | None = None,
-                    positions: jax.Array | None = None) -> jax.Array:
+                    positions: jax.Array | None = None, step_ends: jax.Array | None = None,
+                    step_mask: jax.Array | None = None) -> jax.Array:
     """Head logits at every position: `ids [batch, time]` -> `[batch, time]` float32.
 
     `params` are the ScalarModel's `{"decoder": ..., "score": ...}`; `mask` is 1 on real
     tokens (left or right padding; positions are derived from it when not given).
+    `step_ends` / `step_mask` (`[batch, steps]`, absolute indices) reach the model only
+    when it declares `needs_step_ends` (the block-causal DeBERTa PRM,
+    `jaxstep.models.deberta_heads`); other models never see them.
     """
-    out = model.apply({"params": params}, ids, attention_mask=mask, positions=positions)
+    extra = {}
+    if getattr(model, "needs_step_ends", False) and step_ends is not None:
+        extra = {"step_ends": step_ends, "step_mask": step_mask}
+    out = model.apply({"params": params}, ids, attention_mask=mask, positions=positions, **extra)
     return out.astype(jnp.float32)
 
 
@@ -86,7 +93,8 @@ def score_steps(model, params: dict, ids: jax.Array, mask: jax.Array, step_ends:
     Returns:
       `[batch, max_steps]` float32; 0 on masked steps.
     """
-    logits = position_logits(model, params, ids, mask, positions)
+    absolute = jnp.asarray(step_ends, jnp.int32) + jnp.reshape(jnp.asarray(offset, jnp.int32), (-1, 1))
+    logits = position_logits(model, params, ids, mask, positions, absolute, step_mask)
     scores = _activate(gather_steps(logits, step_ends, step_mask, offset), probabilities)
     return jnp.where(jnp.asarray(step_mask, bool), scores, 0.0)
 

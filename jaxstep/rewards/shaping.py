@@ -43,6 +43,11 @@ Hand-worked example (eta = 0.8, response_length 12, time 12):
 
 Full reward of a sample: `alpha * process + success_coef * success` (success at the
 last token). The KL penalty is added later, in the PPO update (`jaxstep.rl`).
+
+PRM + ORM in one reward (the Clip/Delta recipe, Gao et al. 2024): with a second reward
+model, an ORM, and `orm_coef` > 0 the sample also gets `orm_coef * orm_score` at its
+last token (`prm_plus_orm`). Same example, clip_delta, ORM score 0.7, orm_coef 0.5,
+success 1: [0.2, -0.2, 0, 0.35 + 1] at tokens 2, 5, 9, 11.
 """
 from __future__ import annotations
 
@@ -159,6 +164,22 @@ def clip_delta(step_scores, step_mask, step_ends, response_length, *, time: int,
                               response_start=response_start)
 
 
+def prm_plus_orm(scheme: str, step_scores, step_mask, step_ends, response_length, orm_score, *,
+                 time: int, alpha: float = 1.0, eta: float = 0.8, orm_coef: float = 1.0,
+                 response_start=0) -> jnp.ndarray:
+    """Two reward models in one reward, one sample: `[time]` float32
+    `alpha * SCHEMES[scheme](PRM step scores) + orm_coef * orm_score` (the ORM's score at
+    the last token), e.g. scheme `clip`: sum_k min(s_k - eta, 0) + ORM (Gao et al. 2024).
+
+    `orm_score` is a scalar (the second model's probability); an empty response gets nothing.
+    """
+    process = SCHEMES[scheme](step_scores, step_mask, step_ends, response_length, time=time, eta=eta,
+                              outcome_score=orm_score, response_start=response_start)
+    outcome = place_at_last_token(jnp.asarray(orm_score, jnp.float32) * orm_coef, response_length,
+                                  time=time, response_start=response_start)
+    return alpha * process + outcome
+
+
 SchemeFn = Callable[..., jnp.ndarray]
 
 SCHEMES: dict[str, SchemeFn] = {
@@ -175,25 +196,33 @@ SCHEMES: dict[str, SchemeFn] = {
 
 
 def shape_sample(scheme: str, step_scores, step_mask, step_ends, response_length, success=0.0,
-                 outcome_score=0.0, response_start=0, *, time: int, alpha: float = 1.0,
-                 eta: float = 0.8, success_coef: float = 1.0) -> jnp.ndarray:
-    """One sample's token rewards `[time]` float32: `alpha * process + success_coef * success`.
+                 outcome_score=0.0, response_start=0, orm_score=0.0, *, time: int, alpha: float = 1.0,
+                 eta: float = 0.8, success_coef: float = 1.0, orm_coef: float = 0.0) -> jnp.ndarray:
+    """One sample's token rewards `[time]` float32: `alpha * process + success_coef * success`
+    (+ `orm_coef * orm_score` at the last token when `orm_coef` is not 0: `prm_plus_orm`).
 
-    The process part is `SCHEMES[scheme]`; `success` (0/1, or any float) and
-    `outcome_score` (the ORM score, used by `orm` only) are scalars.
+    The process part is `SCHEMES[scheme]`; `success` (0/1, or any float),
+    `outcome_score` (the ORM score, used by `orm` only) and `orm_score` (a second
+    reward model's ORM score) are scalars.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"shaping: unknown reward scheme {scheme!r}; expected one of {sorted(SCHEMES)}.")
-    process = SCHEMES[scheme](step_scores, step_mask, step_ends, response_length, time=time, eta=eta,
-                              outcome_score=outcome_score, response_start=response_start)
+    if orm_coef:
+        process = prm_plus_orm(scheme, step_scores, step_mask, step_ends, response_length, orm_score,
+                               time=time, alpha=alpha, eta=eta, orm_coef=orm_coef,
+                               response_start=response_start)
+    else:
+        process = alpha * SCHEMES[scheme](step_scores, step_mask, step_ends, response_length, time=time,
+                                          eta=eta, outcome_score=outcome_score, response_start=response_start)
     bonus = place_at_last_token(jnp.asarray(success, jnp.float32) * success_coef, response_length,
                                 time=time, response_start=response_start)
-    return alpha * process + bonus
+    return process + bonus
 
 
 def shape_rewards(scheme: str, step_scores, step_mask, step_ends, response_lengths, success=None,
                   *, time: int, alpha: float = 1.0, eta: float = 0.8, success_coef: float = 1.0,
-                  outcome_scores=None, response_starts=None) -> jnp.ndarray:
+                  outcome_scores=None, response_starts=None, orm_scores=None,
+                  orm_coef: float = 0.0) -> jnp.ndarray:
     """Token rewards for a batch, `shape_sample` vmapped over the batch.
 
     Args:
@@ -210,6 +239,8 @@ def shape_rewards(scheme: str, step_scores, step_mask, step_ends, response_lengt
       outcome_scores: `[batch]` ORM scores; required by `orm`, ignored by the others.
       response_starts: `[batch]` int32 output index of each response's first token
         (e.g. the prompt length); None means 0.
+      orm_scores: `[batch]` a second reward model's (an ORM's) scores, added with weight
+        `orm_coef` at the last token (`prm_plus_orm`); needed when `orm_coef` is not 0.
 
     Returns:
       `[batch, time]` float32 token rewards.
@@ -223,14 +254,17 @@ def shape_rewards(scheme: str, step_scores, step_mask, step_ends, response_lengt
     outcome_scores = zeros if outcome_scores is None else jnp.asarray(outcome_scores, jnp.float32)
     response_starts = (jnp.zeros((batch,), jnp.int32) if response_starts is None
                        else jnp.asarray(response_starts, jnp.int32))
+    if orm_coef and orm_scores is None:
+        raise ValueError("shape_rewards: orm_coef != 0 needs orm_scores [batch] (the second model's scores).")
+    orm_scores = zeros if orm_scores is None else jnp.asarray(orm_scores, jnp.float32)
 
-    def one(scores, mask, ends, length, succ, outcome, start):
-        return shape_sample(scheme, scores, mask, ends, length, succ, outcome, start, time=time,
-                            alpha=alpha, eta=eta, success_coef=success_coef)
+    def one(scores, mask, ends, length, succ, outcome, start, orm_score):
+        return shape_sample(scheme, scores, mask, ends, length, succ, outcome, start, orm_score, time=time,
+                            alpha=alpha, eta=eta, success_coef=success_coef, orm_coef=orm_coef)
 
     return jax.vmap(one)(step_scores, jnp.asarray(step_mask), jnp.asarray(step_ends, jnp.int32),
                          jnp.asarray(response_lengths, jnp.int32), success, outcome_scores,
-                         response_starts)
+                         response_starts, orm_scores)
 
 
 def reward_model_kind(scheme: str) -> str:

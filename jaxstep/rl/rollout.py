@@ -24,9 +24,10 @@ import jax
 import numpy as np
 
 from jaxstep import generation
-from jaxstep.data import batching, formatting
+from jaxstep.data import batching, formatting, step_offsets
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
+from jaxstep.models import hf_reward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,22 +85,27 @@ class Rollout:
 
 
 def sample(model, params, tokenizer, problems: Sequence[Problem], key: jax.Array,
-           settings: SampleSettings, *, mesh: jax.sharding.Mesh, rules=None) -> Rollout:
-    """Samples one response per problem (`jaxstep.generation.generate_batch`), then
+           settings: SampleSettings, *, mesh: jax.sharding.Mesh, rules=None,
+           chunk_size: int = 0) -> Rollout:
+    """Samples one response per problem (`jaxstep.generation.generate_chunked`), then
     grades it and finds its step boundaries on the host.
 
     `len(problems)` must divide over the mesh's data axes. Every process passes the same
     problems and gets the same Rollout (each feeds its rows of the global batch).
+    `chunk_size` (`sampler.batch_size`): at most that many prompts per sampler call;
+    0 or >= `len(problems)` is one call with `key` (bitwise the unchunked rollout); more
+    chunks sample chunk i with `fold_in(key, i)`: reproducible, greedy-equal, but other
+    sampled tokens than one call.
     """
     ids_of = tokenizer_lib.special_ids(tokenizer)
     eos_ids = generation.stop_token_ids(model, tokenizer)
     encoded = batching.encode_prompts(problems, tokenizer, settings.max_prompt_len,
                                       template=settings.template)
     prompt_ids, prompt_mask = encoded["ids"], encoded["mask"]
-    out = generation.generate_batch(
-        model, params, prompt_ids, prompt_mask, key, max_new_tokens=settings.max_new_tokens,
-        eos_ids=eos_ids, pad_id=ids_of["pad"], mesh=mesh, rules=rules,
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+    out = generation.generate_chunked(
+        model, params, prompt_ids, prompt_mask, key, chunk_size=chunk_size,
+        max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, pad_id=ids_of["pad"], mesh=mesh,
+        rules=rules, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
         with_logprobs=True)
     # Log-probs under softmax(logits / temperature), what the update's ratio uses (with
     # top-k/top-p the stage recomputes them instead).
@@ -145,19 +151,53 @@ def sequence_batch(rollout: Rollout) -> dict[str, np.ndarray]:
             "success": rollout.correct.astype(np.float32)}
 
 
-def reward_model_batch(rollout: Rollout, rm_tokenizer, max_len: int, delimiter: str) -> dict[str, np.ndarray]:
-    """RM inputs for a reward model with ANOTHER tokenizer than the policy: each
-    `[bos] prompt response [eos]` re-tokenized (right-padded to `max_len`), with the
-    step ends found in its own tokens (absolute positions).
+def reward_model_batch(rollout: Rollout, rm_tokenizer, max_len: int, delimiter: str, *,
+                       layout: hf_reward.Layout | None = None, prefix: str = "rm_",
+                       template: str = formatting.PROMPT_TEMPLATE,
+                       step_positions: str = "delimiter") -> dict[str, np.ndarray]:
+    """RM inputs for a reward model with ANOTHER tokenizer than the policy (or another
+    layout, `jaxstep.models.hf_reward.layout_of`): each `[bos] prompt response [eos]`
+    re-tokenized (right-padded to `max_len`), with the step ends found in its own
+    tokens (absolute positions). The prompt is written with `template`
+    (`reward_model_template`: the policy's, as the reward-model stage trained with it).
 
-    Returns rm_ids int32 `[B, max_len]`, rm_mask int32, rm_step_ends int32 `[B, S]`
-    (the rollout's S; steps past it dropped), rm_step_mask bool `[B, S]`.
+    Returns <prefix>ids int32 `[B, max_len]`, <prefix>mask int32, <prefix>step_ends int32
+    `[B, S]` (the rollout's S; steps past it dropped), <prefix>step_mask bool `[B, S]`.
     """
-    S = rollout.step_ends.shape[1]
-    enc = batching.encode_sft(rollout.problems, rm_tokenizer, max_len, solutions=rollout.texts,
-                              delimiter=delimiter, max_steps=S, buckets=None)
-    return {"rm_ids": enc["ids"].astype(np.int32), "rm_mask": enc["mask"].astype(np.int32),
-            "rm_step_ends": enc["step_ends"].astype(np.int32), "rm_step_mask": enc["step_mask"]}
+    return reward_model_inputs(rollout.problems, rollout.texts, rm_tokenizer, max_len, delimiter,
+                               max_steps=rollout.step_ends.shape[1], layout=layout, prefix=prefix,
+                               template=template, step_positions=step_positions)
+
+
+def reward_model_template(policy_template: str, rm_tokenizer) -> str:
+    """The prompt template a re-tokenizing reward model gets: the policy's
+    (`data.prompt_template`, which the reward-model stage also trains with), except that
+    a chat template needs the reward model's tokenizer to have one; without it (e.g. an
+    encoder) the plain template."""
+    if policy_template == formatting.CHAT and not getattr(rm_tokenizer, "chat_template", None):
+        return formatting.PROMPT_TEMPLATE
+    return policy_template
+
+
+def reward_model_inputs(problems: Sequence[Problem], texts: Sequence[str], rm_tokenizer, max_len: int,
+                        delimiter: str, *, max_steps: int, layout: hf_reward.Layout | None = None,
+                        template: str = formatting.PROMPT_TEMPLATE, prefix: str = "rm_",
+                        step_positions: str = "delimiter") -> dict[str, np.ndarray]:
+    """`reward_model_batch` for any responses `texts` to `problems` (e.g. best-of-N
+    candidates): each response written for the reward model's `layout`
+    (`hf_reward.format_response`: plain, a separator after every step, or Math-Shepherd's
+    step tag) and tokenized with `rm_tokenizer`; a step ends at the token holding its
+    delimiter (plain, separator) or its tag (step_tag); with `step_positions="offsets"` (the
+    model's `step_positions`: DeBERTa reward models) at the token of the step's last
+    non-whitespace character (`jaxstep.data.step_offsets`). Arrays `[B, max_len]`, `[B, max_steps]`."""
+    layout = layout or hf_reward.Layout()
+    written = [hf_reward.format_response(t, layout, delimiter) for t in texts]
+    marker = hf_reward.format_response("x", layout, delimiter)[1]
+    enc = step_offsets.encode(problems, rm_tokenizer, max_len, step_positions=step_positions,
+                              solutions=[w for w, _ in written], delimiter=marker, max_steps=max_steps,
+                              buckets=None, template=template)
+    return {prefix + "ids": enc["ids"].astype(np.int32), prefix + "mask": enc["mask"].astype(np.int32),
+            prefix + "step_ends": enc["step_ends"].astype(np.int32), prefix + "step_mask": enc["step_mask"]}
 
 
 def same_tokenizer(a, b) -> bool:

@@ -51,7 +51,8 @@ def make_critic_apply(critic_model):
 
 def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_settings: ShapingSettings, *,
                 prompt_len: int, temperature: float = 1.0, recompute_logprobs: bool = False,
-                mesh: jax.sharding.Mesh | None = None, rules=None, logits_chunk: int = 0):
+                mesh: jax.sharding.Mesh | None = None, rules=None, logits_chunk: int = 0,
+                orm_model=None):
     """The jitted rollout pass `scorer(params, batch) -> dict` (float32 outputs).
 
     Args:
@@ -68,6 +69,11 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
       mesh, rules: run under this mesh and logical-axis rules.
       logits_chunk: > 0 computes the log-probs with the LM head over that many
         positions at a time (`jaxstep.models.logprobs.chunked_token_stats`).
+      orm_model: a second reward model, an ORM, whose score is added at the last token
+        with weight `shaping_settings.orm_coef` (PRM + ORM in one reward); its params
+        are `params["orm"]` and, with another tokenizer or layout, its inputs
+        `orm_ids`, `orm_mask` in the batch (`jaxstep.rl.rollout.reward_model_batch`
+        with prefix "orm_"). Adds `orm_scores [B]` to the outputs.
 
     The returned function takes `params = {"policy", "ref", "critic", "rm"}` and a batch
     from `sequence_batch` (on the mesh), with `rm_ids`, `rm_mask`, `rm_step_ends`,
@@ -109,10 +115,18 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
             step_scores = scoring.score_steps(rm_model, params["rm"], rm_ids, rm_mask, rm_ends,
                                               rm_step_mask & step_mask, positions=rm_positions)
             outcome = jnp.zeros((B,), jnp.float32)
+        orm_scores = None
+        if orm_model is not None:
+            if "orm_ids" in batch:
+                orm_scores = scoring.score_outcome(orm_model, params["orm"], batch["orm_ids"], batch["orm_mask"])
+            else:
+                orm_scores = scoring.score_outcome(orm_model, params["orm"], ids, mask, positions=batch["positions"])
+            out["orm_scores"] = orm_scores
         rewards = shaping.shape_rewards(
             s.scheme, step_scores, step_mask, batch["step_ends"], batch["lengths"], batch["success"],
             time=T, alpha=s.alpha, eta=s.eta, success_coef=s.success_coef, outcome_scores=outcome,
-            response_starts=jnp.full((B,), P, jnp.int32))
+            response_starts=jnp.full((B,), P, jnp.int32), orm_scores=orm_scores,
+            orm_coef=s.orm_coef if orm_model is not None else 0.0)
         out.update(token_rewards=rewards, step_scores=step_scores, outcome_scores=outcome)
         return out
 
@@ -129,8 +143,18 @@ def make_scorer(policy_model, critic_model, rm_model, rm_kind: str, shaping_sett
 
 @dataclasses.dataclass(frozen=True)
 class ShapingSettings:
-    """The reward: `alpha * scheme(RM scores) + success_coef * success` (static)."""
+    """The reward: `alpha * scheme(RM scores) + success_coef * success` (static), plus
+    `orm_coef * ORM score` at the last token when the scorer has a second model (an ORM)."""
     scheme: str = "prm_max"
     alpha: float = 1.0
     eta: float = 0.8
     success_coef: float = 1.0
+    orm_coef: float = 0.0
+
+
+def score_texts(model, params, kind: str, inputs: dict, *, prefix: str = "rm_") -> jax.Array:
+    """A reward model's scores of re-tokenized responses (e.g. for best-of-N): `inputs` from
+    `jaxstep.rl.rollout.reward_model_inputs` -> PRM `[B, S]` step scores (0 on missing
+    steps) or ORM `[B]`, probabilities, float32."""
+    return scoring.score(model, params, kind, inputs[prefix + "ids"], inputs[prefix + "mask"],
+                         step_ends=inputs[prefix + "step_ends"], step_mask=inputs[prefix + "step_mask"])

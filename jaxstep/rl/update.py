@@ -47,6 +47,7 @@ Without a critic `return_mean`, `value_mean`, `value_loss`, `value_clip_frac` an
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -56,6 +57,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxstep.parallel.rules import activation_sharding
+from jaxstep.rl import accumulate
 from jaxstep.rl import advantages as advantages_lib
 from jaxstep.rl import losses
 # The update's first stage (re-exported: `jaxstep.rl.update.compute_advantages`).
@@ -94,6 +96,9 @@ class PPOConfig:
     loss_aggregation: how the per-token policy loss becomes a scalar, a
       `jaxstep.rl.losses.LOSS_AGGREGATIONS` name.
     norm_length: L of "seq_mean_token_sum_norm" (the generation budget); None: time.
+    microbatch_size: > 0 accumulates each minibatch's policy and critic gradients over
+      microbatches of this many rows (`jaxstep.rl.accumulate`: the minibatch gradient,
+      one optimizer step); 0 (or >= the minibatch) runs the minibatch at once.
     """
     clip_eps: float = 0.2
     value_clip_eps: float | None = 0.2
@@ -114,6 +119,7 @@ class PPOConfig:
     group_size: int = 1
     loss_aggregation: str = "token_mean"
     norm_length: int | None = None
+    microbatch_size: int = 0
 
     @property
     def needs_critic(self) -> bool:
@@ -269,11 +275,32 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable | None,
                                           clip_eps=cfg.value_clip_eps)
         return loss, dict(metrics, value_loss=loss)
 
+    def accumulates(mb) -> bool:
+        return 0 < cfg.microbatch_size < mb["response_mask"].shape[0]
+
+    def policy_grads(pp, mb):
+        """`((loss, metrics), grads)` of the minibatch (accumulated over microbatches)."""
+        if not accumulates(mb):
+            return jax.value_and_grad(policy_objective, has_aux=True)(pp, mb)
+        weighted = functools.partial(accumulate.policy_weighted_loss, aggregation=cfg.loss_aggregation,
+                                     ent_coef=cfg.ent_coef, kl_loss_coef=cfg.kl_loss_coef)
+        return accumulate.value_and_grad(
+            policy_objective, weighted, pp, mb, cfg.microbatch_size,
+            metric_kinds=accumulate.policy_metric_kinds(cfg.loss_aggregation),
+            constrain=lambda t: constrain(t, leading=(0,)))
+
+    def critic_grads(cp, mb):
+        if not accumulates(mb):
+            return jax.value_and_grad(critic_objective, has_aux=True)(cp, mb)
+        return accumulate.value_and_grad(
+            critic_objective, lambda m, w: w["token"] * m["value_loss"], cp, mb, cfg.microbatch_size,
+            constrain=lambda t: constrain(t, leading=(0,)))
+
     def minibatch_step(carry, mb):
         pp, popt, cp, copt = carry
         mb = constrain(mb)
-        (p_loss, p_metrics), p_grads = jax.value_and_grad(policy_objective, has_aux=True)(pp, mb)
-        (v_loss, v_metrics), v_grads = jax.value_and_grad(critic_objective, has_aux=True)(cp, mb)
+        (p_loss, p_metrics), p_grads = policy_grads(pp, mb)
+        (v_loss, v_metrics), v_grads = critic_grads(cp, mb)
         ok = (jnp.isfinite(p_loss) & jnp.isfinite(v_loss) & _all_finite(p_grads)
               & _all_finite(v_grads))
         p_updates, new_popt = policy_tx.update(p_grads, popt, pp)
@@ -290,7 +317,7 @@ def make_ppo_update(policy_apply: Callable, critic_apply: Callable | None,
         """`minibatch_step` without a critic: carry (policy params, optimizer state)."""
         pp, popt = carry
         mb = constrain(mb)
-        (p_loss, p_metrics), p_grads = jax.value_and_grad(policy_objective, has_aux=True)(pp, mb)
+        (p_loss, p_metrics), p_grads = policy_grads(pp, mb)
         ok = jnp.isfinite(p_loss) & _all_finite(p_grads)
         p_updates, new_popt = policy_tx.update(p_grads, popt, pp)
         carry = _select(ok, (optax.apply_updates(pp, p_updates), new_popt), carry)

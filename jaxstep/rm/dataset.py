@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxstep import generation, paths, workdir as workdir_lib
-from jaxstep.data import sources
+from jaxstep.data import formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.rm import labels as labels_lib
@@ -92,7 +92,7 @@ def _sample(config, generator, problems: Sequence[Problem], num_samples: int, ke
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=greedy,
         temperature=temperature or s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
-        key=key, mesh=mesh, desc=desc)
+        key=key, mesh=mesh, desc=desc, template=formatting.config_template(config))
 
 
 def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
@@ -106,7 +106,7 @@ def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
             max_prompt_len=config.data.max_prompt_len + config.data.max_response_len,
             max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=False,
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
-            key=key, mesh=mesh, progress=False)
+            key=key, mesh=mesh, progress=False, template=formatting.config_template(config))
         return [r.text for r in results]
 
     return complete

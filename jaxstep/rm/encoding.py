@@ -9,18 +9,22 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxstep.data import batching, formatting
+from jaxstep.data import formatting, step_offsets
 from jaxstep.rm import labels as labels_lib
 
 
 def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len: int, *, kind: str,
                    delimiter: str = formatting.DEFAULT_DELIMITER, max_steps: int | None = None,
-                   buckets="auto") -> dict[str, np.ndarray]:
+                   buckets="auto", template: str = formatting.PROMPT_TEMPLATE,
+                   step_positions: str = "delimiter") -> dict[str, np.ndarray]:
     """Token batch for BCE training/scoring of labelled solutions.
 
-    Sequences are `[bos] prompt steps [eos]` (`batching.encode_sft`). PRM: targets at
+    Sequences are `[bos] prompt steps [eos]` (`batching.encode_sft`; the prompt written
+    with `template`, `formatting.config_template(config)`, as the policy's). PRM: targets at
     every step end, and `lm_mask` bool `[B, T]` on the tokens of steps labelled correct
     (the targets of `rm.lm_loss_weight`); ORM: one target at the last real token (the EOS).
+    `step_positions` "offsets": steps end at their last non-whitespace character's token
+    (`jaxstep.data.step_offsets`, the DeBERTa reward models' `step_positions`).
 
     Returns numpy arrays: ids int32 `[B, T]`, mask bool `[B, T]`, step_ends int32
     `[B, S]`, step_mask bool `[B, S]` (steps present in the tokens), labels float32
@@ -30,8 +34,10 @@ def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len:
     """
     problems = [r.problem for r in records]
     texts = [r.text(delimiter) for r in records]
-    enc = batching.encode_sft(problems, tokenizer, max_len, solutions=texts, delimiter=delimiter,
-                              max_steps=max_steps if kind == "prm" else None, buckets=buckets)
+    enc = step_offsets.encode(problems, tokenizer, max_len, step_positions=step_positions,
+                              solutions=texts, delimiter=delimiter,
+                              max_steps=max_steps if kind == "prm" else None, buckets=buckets,
+                              template=template)
     B = len(records)
     if kind == "orm":
         step_ends = (enc["lengths"] - 1).astype(np.int32)[:, None]
@@ -65,31 +71,44 @@ def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len:
 
 
 def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len: int, *,
-                 delimiter: str = formatting.DEFAULT_DELIMITER, buckets="auto") -> dict[str, np.ndarray]:
+                 delimiter: str = formatting.DEFAULT_DELIMITER, buckets="auto",
+                 template: str = formatting.PROMPT_TEMPLATE, step_positions: str = "delimiter",
+                 with_steps: bool = False) -> dict[str, np.ndarray]:
     """Token batch for Bradley-Terry training: per pair a chosen and a rejected row.
 
-    Each row is `[bos] prompt prefix step` (no EOS); its score is read at the last
-    step's end (`target`). Pairs stay together on the batch axis (so the batch shards
-    over devices and hosts like any other). Returns ids int32 / mask bool `[B, 2, T]`
+    Each row is `[bos] prompt prefix step` (no EOS; the prompt written with
+    `template`); its score is read at the last step's end (`target`). Pairs stay
+    together on the batch axis (so the batch shards over devices and hosts like any
+    other). Returns ids int32 / mask bool `[B, 2, T]`
     (index 0 chosen, 1 rejected), target int32 `[B, 2]`, pair_mask bool `[B]` (False
-    when either side was cut by `max_len`).
+    when either side was cut by `max_len`); `with_steps` adds every row's step_ends int32
+    / step_mask bool `[B, 2, S]` (for a block-causal PRM). `step_positions` as in
+    `encode_labeled`.
     """
     texts = [t for p in pairs for t in p.texts(delimiter)]
     problems = [p.problem for p in pairs for _ in range(2)]
-    enc = batching.encode_sft(problems, tokenizer, max_len, solutions=texts,
-                              delimiter=delimiter, buckets=buckets, add_eos=False)
+    enc = step_offsets.encode(problems, tokenizer, max_len, step_positions=step_positions, solutions=texts,
+                              delimiter=delimiter, buckets=buckets, add_eos=False, template=template)
     n_steps = enc["step_mask"].sum(1)
     last = np.maximum(n_steps - 1, 0)
     target = enc["step_ends"][np.arange(len(problems)), last].astype(np.int32)
     ok = (~enc["truncated"] & (n_steps > 0)).reshape(-1, 2)
     B, T = len(pairs), enc["ids"].shape[1]
-    return {"ids": enc["ids"].reshape(B, 2, T), "mask": enc["mask"].reshape(B, 2, T),
-            "target": target.reshape(B, 2), "pair_mask": ok.all(axis=1)}
+    out = {"ids": enc["ids"].reshape(B, 2, T), "mask": enc["mask"].reshape(B, 2, T),
+           "target": target.reshape(B, 2), "pair_mask": ok.all(axis=1)}
+    if with_steps:
+        S = enc["step_ends"].shape[1]
+        out.update(step_ends=enc["step_ends"].reshape(B, 2, S), step_mask=enc["step_mask"].reshape(B, 2, S))
+    return out
 
 
-def encode_labeled_batch(records, *, tokenizer, max_len, kind, delimiter):
-    return encode_labeled(records, tokenizer, max_len, kind=kind, delimiter=delimiter)
+def encode_labeled_batch(records, *, tokenizer, max_len, kind, delimiter,
+                         template=formatting.PROMPT_TEMPLATE, step_positions="delimiter"):
+    return encode_labeled(records, tokenizer, max_len, kind=kind, delimiter=delimiter, template=template,
+                          step_positions=step_positions)
 
 
-def encode_pairs_batch(pairs, *, tokenizer, max_len, delimiter):
-    return encode_pairs(pairs, tokenizer, max_len, delimiter=delimiter)
+def encode_pairs_batch(pairs, *, tokenizer, max_len, delimiter, template=formatting.PROMPT_TEMPLATE,
+                       step_positions="delimiter", with_steps=False):
+    return encode_pairs(pairs, tokenizer, max_len, delimiter=delimiter, template=template,
+                        step_positions=step_positions, with_steps=with_steps)

@@ -160,8 +160,9 @@ def random_pick(correct: np.ndarray) -> float:
 
 def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max_len: int,
                   batch_size: int, mesh=None, delimiter: str = formatting.DEFAULT_DELIMITER,
-                  desc: str = "score") -> list[np.ndarray]:
-    """Reward-model scores (probabilities) of labelled solutions.
+                  desc: str = "score", template: str = formatting.PROMPT_TEMPLATE) -> list[np.ndarray]:
+    """Reward-model scores (probabilities) of labelled solutions, prompts written with
+    `template` (as in training: `jaxstep.rm.encoding.encode_labeled`).
 
     Returns one array per record: PRM `[num_steps]` step scores (NaN for steps cut off
     by `max_len` or a misaligned row), ORM `[1]` the outcome score.
@@ -181,7 +182,8 @@ def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max
     for start in range(0, len(records), batch_size):
         chunk = list(records[start:start + batch_size])
         pad = batch_size - len(chunk)
-        enc = encode_labeled(chunk + chunk[:1] * pad, tokenizer, max_len, kind=kind, delimiter=delimiter)
+        enc = encode_labeled(chunk + chunk[:1] * pad, tokenizer, max_len, kind=kind, delimiter=delimiter,
+                             template=template, step_positions=getattr(model, "step_positions", "delimiter"))
         batch = placement.shard_batch({"ids": enc["ids"], "mask": enc["mask"], "ends": enc["step_ends"],
                                     "smask": enc["step_mask"]}, mesh)
         scores = np.asarray(placement.to_host(scorer(params, batch["ids"], batch["mask"], batch["ends"],
@@ -252,7 +254,8 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
              records: Sequence = (), flaw_pairs: Sequence = (), num_per_problem: int = 8, greedy_accuracy: float | None = None,
              greedy_correct: Sequence[bool] | None = None,
              max_len: int = 160, batch_size: int = 64, mesh=None,
-             delimiter: str = formatting.DEFAULT_DELIMITER, key: jax.Array | None = None) -> dict:
+             delimiter: str = formatting.DEFAULT_DELIMITER, key: jax.Array | None = None,
+             template: str = formatting.PROMPT_TEMPLATE) -> dict:
     """Evaluates reward models on held-out samples and records (see the module docstring).
 
     Args:
@@ -265,6 +268,7 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
       greedy_correct: per problem, whether the greedy response is right: adds the paired
         difference best-of-N minus greedy (`minus_greedy`).
       key: unused today (ties are broken by sample order); kept for a random tie-break.
+      template: the prompt template the reward models were trained with.
 
     Returns:
       {"models": {name: {...}}, "baselines": {...}, "problems": P, "n": N, "ns": [...],
@@ -295,7 +299,7 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
         if samples:
             scores = score_records(model, params, kind, samples, tokenizer, max_len=max_len,
                                    batch_size=batch_size, mesh=mesh, delimiter=delimiter,
-                                   desc=f"score {name}")
+                                   desc=f"score {name}", template=template)
             if kind == "prm":
                 step_s, step_l = _step_pairs(samples, scores)
                 m["sample_steps"] = int(step_l.size)
@@ -323,7 +327,7 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
         if records:
             scores = score_records(model, params, kind, records, tokenizer, max_len=max_len,
                                    batch_size=batch_size, mesh=mesh, delimiter=delimiter,
-                                   desc=f"score {name} records")
+                                   desc=f"score {name} records", template=template)
             if kind == "prm":
                 step_s, step_l = _step_pairs(records, scores)
                 m["records_steps"] = int(step_l.size)
@@ -339,7 +343,7 @@ def evaluate(reward_models: Mapping[str, tuple[Any, Any, str]], tokenizer, *, sa
         if flaw_pairs:
             scored = score_records(model, params, kind, [x.reference for x in flaw_pairs] + [x.flawed for x in flaw_pairs],
                                    tokenizer, max_len=max_len, batch_size=batch_size, mesh=mesh,
-                                   delimiter=delimiter, desc=f"score {name} flaw pairs")
+                                   delimiter=delimiter, desc=f"score {name} flaw pairs", template=template)
             ref_s, flawed_s = scored[:len(flaw_pairs)], scored[len(flaw_pairs):]
             m["flaw_detection"] = {}
             for flaw in dict.fromkeys(x.kind for x in flaw_pairs):

@@ -48,9 +48,8 @@ def _label(config, model_path: str) -> str:
 
 def run(config, workdir: str) -> dict:
     """Evaluates `config.eval.model` (default `<workdir>/../sft/export`); returns the summary."""
-    if workdir_lib.is_done(workdir):
-        logger.info("eval: %s is done; reusing it.", workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, "eval")) is not None:
+        return done
     loop.quiet_library_logs()
     started = time.time()
     e = config.eval

@@ -7,6 +7,7 @@ sections (only `stage` and the paths between stages change):
 
   <workdir>/sft        stage sft (unless ppo.policy is given)
   <workdir>/<orm|prm>  stage orm/prm on samples of the SFT policy (unless ppo.reward_model is given)
+  <workdir>/orm        also, with ppo.outcome_coef > 0 (PRM + ORM), the ORM (unless ppo.outcome_reward_model is given)
   <workdir>/ppo        stage ppo with ppo.scheme (ppo_seed1, ppo_seed2, ... with pipeline.seeds > 1)
   <workdir>/eval_sft   greedy eval of the SFT policy on pipeline.eval_limit test problems
   <workdir>/eval_ppo   the same for the PPO policy (eval_ppo_seed1, ...)
@@ -89,14 +90,17 @@ class Chain:
         return summary.get("export") or paths.join(self.root, kind, workdir_lib.EXPORT_DIR)
 
     def ppo(self, name: str, *, scheme: str, policy: str, reward_model: str, seed: int,
-            advantage: str | None = None) -> dict:
-        """PPO in `<root>/<name>` with `scheme`, `seed` and (if given) `advantage`."""
+            advantage: str | None = None, outcome_reward_model: str = "") -> dict:
+        """PPO in `<root>/<name>` with `scheme`, `seed` and (if given) `advantage` and the
+        second reward model (an ORM, used when `ppo.outcome_coef` > 0)."""
         c = stage_config(self.config, "ppo")
         c.ppo.scheme = scheme
         if advantage:
             c.ppo.advantage = advantage
         c.ppo.policy = policy
         c.ppo.reward_model = reward_model
+        if outcome_reward_model:
+            c.ppo.outcome_reward_model = outcome_reward_model
         c.seed = seed
         return self._run(name, ppo, c)
 
@@ -127,9 +131,8 @@ def ppo_run_result(chain: Chain, name: str, summary: dict, eval_name: str, sft_r
 
 def run(config, workdir: str) -> dict:
     """Runs (or reuses) the whole chain in `workdir`; returns the summary."""
-    if workdir_lib.is_done(workdir):
-        logger.info("pipeline: %s is done; reusing it.", workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, "pipeline")) is not None:
+        return done
     started = time.time()
     loop.quiet_library_logs()
     chain = Chain(config, workdir)
@@ -137,15 +140,20 @@ def run(config, workdir: str) -> dict:
     kind = reward_model_kind(p.scheme)
     policy = chain.sft()
     reward_model = chain.reward_model(kind, policy, p.reward_model)
+    # PRM + ORM in one reward (ppo.outcome_coef > 0): the ORM is trained in <workdir>/orm too.
+    outcome_model = chain.reward_model("orm", policy, p.outcome_reward_model) if p.outcome_coef > 0 else ""
     _, sft_rows = chain.evaluate("eval_sft", policy, "SFT")
     runs = []
     for i in range(max(1, config.pipeline.seeds)):
         suffix = "" if i == 0 else f"_seed{i}"
         summary = chain.ppo(f"ppo{suffix}", scheme=p.scheme, policy=policy, reward_model=reward_model,
-                            seed=config.seed + i)
+                            seed=config.seed + i, outcome_reward_model=outcome_model)
         runs.append(ppo_run_result(chain, f"ppo{suffix}", summary, f"eval_ppo{suffix}", sft_rows, delimiter))
     improvement = mean_and_se([r["eval"]["accuracy"] - accuracy_with_error(sft_rows)["accuracy"] for r in runs])
+    if len(runs) == 1:  # one run: its paired s.e. (the s.e. over runs needs two)
+        improvement = (improvement[0], runs[0]["difference"]["se"])
     result = {"stage": "pipeline", "scheme": p.scheme, "policy": policy, "reward_model": reward_model,
+              "outcome_reward_model": outcome_model,
               "eval_n": len(sft_rows), "sft": accuracy_with_error(sft_rows), "ppo_runs": runs,
               "improvement": {"mean": improvement[0], "se": improvement[1]},
               "hacking": {"sft": eval_hacking_stats(sft_rows, delimiter)},

@@ -10,15 +10,17 @@ Cloud TPU slice, compiled here with the TPU compiler, `jaxstep.parallel.aot`; or
   sft      the SFT train step (`jaxstep.stages.sft.train_step`), batch `sft.batch_size`
   rm       the reward-model train step (`jaxstep.stages.reward_model.train_step`)
   sampler  the KV-cache sampler (prefill + decode loop, `jaxstep.models.generate`), at
-           max(ppo.rollout_batch, sampler.batch_size) prompts
-  scorer   the rollout scorer (`jaxstep.rl.scorer.make_scorer`), `ppo.rollout_batch` rows
+           `sampler.batch_size` prompts (rollouts run in chunks of it)
+  scorer   the rollout scorer (`jaxstep.rl.scorer.make_scorer`), one chunk of
+           min(ppo.rollout_batch, sampler.batch_size) rows; frozen params in bf16 when
+           model.dtype is (`jaxstep.parallel.placement.frozen_dtype`)
   update   the PPO update (`jaxstep.rl.update.make_ppo_update`)
 
 Model shapes come from a local folder's config.json, or for hub names from
 `HUB_CONFIGS` (the HF configs of the models the presets use), or from `config.model`
 for the tiny decoder. Params are float32 master weights sharded by `mesh.rules` over
 `mesh` (resolved on the slice's chips); the programs use the experiment's
-`model.remat`, `model.logits_chunk` and microbatch sizes.
+`model.remat`, `model.logits_chunk`, `model.attention` and microbatch sizes.
 
 Writes `<workdir>/plan.json` and `plan.md`: per program and per chip, argument,
 output, temporary and code bytes, the peak (see `jaxstep.parallel.aot.analyze`), the
@@ -37,11 +39,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxstep import models
+from jaxstep import generation, models
 from jaxstep.config_lib.validation import PLAN_PROGRAMS, comma_list
 from jaxstep.models.shapes import count_params, model_config, model_paths
 from jaxstep.parallel import aot
 from jaxstep.parallel import mesh as mesh_lib
+from jaxstep.parallel import placement
 from jaxstep.parallel import rules as rules_lib
 from jaxstep.rewards.shaping import reward_model_kind
 from jaxstep.rl import scorer as scorer_lib
@@ -57,7 +60,8 @@ logger = logging.getLogger(__name__)
 
 PROGRAMS = PLAN_PROGRAMS
 KNOBS = ("model.remat (full, dots_no_batch, offload)", "model.logits_chunk", "sft.microbatch_size",
-         "rm.microbatch_size", "ppo.minibatches", "mesh.fsdp (shard params over more chips)",
+         "rm.microbatch_size", "ppo.microbatch_size", "ppo.minibatches", "model.attention (xla)",
+         "mesh.fsdp (shard params over more chips)",
          "sampler.batch_size / ppo.rollout_batch", "a larger plan.topology")
 
 
@@ -81,10 +85,11 @@ class _Builder:
         self.mesh, self.rules = mesh, rules
         self.replicated = rules_lib.replicated(mesh)
 
-    def params(self, module):
+    def params(self, module, dtype=jnp.float32):
+        """f32 master weights; frozen models (reference, reward model) in `frozen_dtype`."""
         shapes = models.abstract_params(module)
         shardings = rules_lib.param_shardings(shapes, models.logical_specs(module), self.mesh, self.rules)
-        return aot.with_shardings(shapes, shardings, jnp.float32)
+        return aot.with_shardings(shapes, shardings, dtype)
 
     def opt_state(self, tx, params):
         """`tx.init(params)` shapes: param-shaped subtrees (moments) sharded like the params,
@@ -127,9 +132,10 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
     ways = mesh_lib.data_parallel_size(mesh)
     d, m, p, r = config.data, config.model, config.ppo, config.rm
     remat, chunk = m.get("remat", "none"), m.get("logits_chunk", 0)
+    attn = m.get("attention", "einsum")  # the attention product of every model (jaxstep.models.attention)
     paths = model_paths(config)
     policy_cfg, rm_cfg = model_config(config, paths["policy"]), model_config(config, paths["rm"])
-    policy = models.Decoder(policy_cfg, remat=remat)
+    policy = models.Decoder(policy_cfg, remat=remat, attention=attn)
     P, R = d.max_prompt_len, d.max_response_len
     kw = dict(mesh=mesh, rules=config.mesh.rules)
     out = {}
@@ -146,7 +152,7 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
         kind = config.stage if config.stage in ("orm", "prm") else r.kind
         loss = r.loss if kind == "prm" else "bce"
         boundary = (1,) if (r.likelihood_feature and kind == "prm") else ()
-        rm_model = models.ScalarModel(rm_cfg, remat=remat, boundary_ids=boundary)
+        rm_model = models.ScalarModel(rm_cfg, remat=remat, boundary_ids=boundary, attention=attn)
         B, L = _round(r.batch_size, ways), r.max_len or P + R
         S = config.plan.rm_steps if kind == "prm" else 1
         lm_weight = float(r.lm_loss_weight) if (loss == "bce" and boundary) else 0.0
@@ -166,7 +172,7 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
     temperature = ppo_stage.rollout_temperature(config)
     B = _round(p.rollout_batch, ways)
     if "sampler" in names:
-        SB = _round(max(p.rollout_batch, config.sampler.batch_size), ways)
+        SB = _round(config.sampler.batch_size or p.rollout_batch, ways)  # rollouts run in chunks of it
         s = config.sampler
 
         def sample(params, ids, mask, key):
@@ -178,14 +184,14 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
                                  params=count_params(b.params(policy)), loops=R))
     needs_critic = _needs_critic(config)
     critic_cfg = rm_cfg if p.critic_init == "reward_model" else policy_cfg
-    critic = models.ScalarModel(critic_cfg, remat=remat)
+    critic = models.ScalarModel(critic_cfg, remat=remat, attention=attn)
     T = P + R
     seq = dict(input_ids=((B, T), jnp.int32), attention_mask=((B, T), jnp.int32),
                response_mask=((B, T), jnp.float32), old_logprobs=((B, T), jnp.float32),
                positions=((B, T), jnp.int32))
     if "scorer" in names:
         rm_kind = reward_model_kind(p.scheme)
-        rm_model = models.ScalarModel(rm_cfg, boundary_ids=_rm_boundary_ids(config, rm_kind))
+        rm_model = models.ScalarModel(rm_cfg, boundary_ids=_rm_boundary_ids(config, rm_kind), attention=attn)
         s = config.sampler
         recompute = (p.recompute_logprobs or s.top_k > 0 or s.top_p < 1.0
                      or jnp.dtype(m.dtype) != jnp.float32)  # as the ppo stage decides
@@ -193,12 +199,15 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
             policy, critic if needs_critic else None, rm_model, rm_kind, ppo_stage.shaping_settings(config),
             prompt_len=P, temperature=temperature, recompute_logprobs=recompute, mesh=mesh,
             rules=config.mesh.rules, logits_chunk=chunk)
-        params = {"policy": b.params(policy), "ref": b.params(policy), "rm": b.params(rm_model)}
+        frozen = placement.frozen_dtype(m.dtype)  # as the ppo stage keeps them
+        params = {"policy": b.params(policy), "ref": b.params(policy, frozen), "rm": b.params(rm_model, frozen)}
         if needs_critic:
             params["critic"] = b.params(critic)
-        batch = b.batch(**seq, step_ends=((B, p.max_steps), jnp.int32), step_mask=((B, p.max_steps), bool),
-                        lengths=((B,), jnp.int32), success=((B,), jnp.float32))
-        out["scorer"] = (scorer.jitted, (params, batch), kw, dict(batch=B, length=T, loops=1))
+        CB = generation.chunk_rows(B, config.sampler.batch_size, mesh)  # rows per scorer call
+        cseq = {k: ((CB, T), dtype) for k, (_, dtype) in seq.items()}
+        batch = b.batch(**cseq, step_ends=((CB, p.max_steps), jnp.int32), step_mask=((CB, p.max_steps), bool),
+                        lengths=((CB,), jnp.int32), success=((CB,), jnp.float32))
+        out["scorer"] = (scorer.jitted, (params, batch), kw, dict(batch=CB, length=T, loops=-(-B // CB)))
     if "update" in names:
         cfg = ppo_stage.ppo_update_config(config)
         policy_tx = ppo_optimizer(p.learning_rate, p)
@@ -219,7 +228,8 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
         out["update"] = (update.update, (state, b.batch(**seq, **extra), b.key()),
                          dict(kw, donate_argnums=0, out_shardings=(jax.tree.map(lambda x: x.sharding, state),
                                                                    b.replicated)),
-                         dict(batch=B, length=T, critic=needs_critic, loops=cfg.epochs * cfg.minibatches,
+                         dict(batch=B, length=T, critic=needs_critic, loops=cfg.epochs * cfg.minibatches
+                              * _loops(B // cfg.minibatches, p), microbatch=cfg.microbatch_size,
                               policy_params=count_params(pp), critic_params=count_params(cp) if cp else 0))
     return out
 

@@ -13,7 +13,8 @@ One iteration:
   -> response text, final-answer grading, step boundaries in the generated tokens
   -> one jitted pass (`jaxstep.rl.scorer.make_scorer`): reference logprobs (frozen
      SFT params), critic values, reward-model scores, shaped token rewards
-     (`ppo.scheme`, alpha, eta, success reward)
+     (`ppo.scheme`, alpha, eta, success reward; with `ppo.outcome_coef` > 0 also a
+     second model's, an ORM's, score at the last token: PRM + ORM in one reward)
   -> the jitted, sharded PPO update (`jaxstep.rl.update`: KL to the reference, GAE,
      policy + critic steps over epochs x minibatches, KL controller)
   -> metrics: PPO losses, reward, KL, timings and reward-hacking statistics
@@ -45,10 +46,12 @@ from jaxstep import models
 from jaxstep import paths, workdir as workdir_lib
 from jaxstep.data import batching, formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.data.truncation import report_truncated_prompts
 from jaxstep.evaluation.hacking import rollout_stats
 from jaxstep.evaluation.policy import greedy_eval
 from jaxstep.metrics import MetricWriter, read_metrics
 from jaxstep.models import build as model_build
+from jaxstep.models import hf_reward
 from jaxstep.models.reward_io import load_reward_model
 from jaxstep.parallel import distributed, placement
 from jaxstep.parallel import mesh as mesh_lib
@@ -56,6 +59,7 @@ from jaxstep.parallel import rules as rules_lib
 from jaxstep.reports import ppo as report
 from jaxstep.rewards.shaping import reward_model_kind
 from jaxstep.rl import advantages as advantages_lib
+from jaxstep.rl import chunked
 from jaxstep.rl import rollout as rollout_lib
 from jaxstep.rl import scorer as scorer_lib
 from jaxstep.rl import update as update_lib
@@ -77,6 +81,21 @@ def input_paths(config, workdir: str) -> tuple[str, str]:
     return policy, reward_model
 
 
+def outcome_model_path(config, workdir: str) -> str:
+    """The second reward model (an ORM, PRM + ORM in one reward) when `ppo.outcome_coef` > 0:
+    `ppo.outcome_reward_model`, else the export of the sibling stage `<workdir>/../orm`; "" otherwise."""
+    p = config.ppo
+    if p.outcome_coef <= 0:
+        return ""
+    return p.outcome_reward_model or workdir_lib.default_input(workdir, "orm")
+
+
+def reward_model_options(config) -> dict:
+    """`load_reward_model`'s options for a Math-Shepherd folder (`ppo.rm_step_tag`, ...)."""
+    p = config.ppo
+    return dict(step_tag=p.rm_step_tag, good_token=p.rm_good_token, bad_token=p.rm_bad_token)
+
+
 def ppo_update_config(config) -> update_lib.PPOConfig:
     """`jaxstep.rl.update.PPOConfig` from `config.ppo` (and the sampling temperature)."""
     p = config.ppo
@@ -91,7 +110,7 @@ def ppo_update_config(config) -> update_lib.PPOConfig:
         whiten_advantages=p.whiten_advantages, normalize_rewards=p.normalize_rewards,
         temperature=rollout_temperature(config), advantage=p.advantage, group_size=p.samples_per_prompt,
         loss_aggregation=p.loss_aggregation or advantages_lib.ESTIMATORS[p.advantage].loss_aggregation,
-        norm_length=config.data.max_response_len)
+        norm_length=config.data.max_response_len, microbatch_size=p.get("microbatch_size", 0))
 
 
 def rollout_temperature(config) -> float:
@@ -110,7 +129,7 @@ def sample_settings(config) -> rollout_lib.SampleSettings:
 def shaping_settings(config) -> scorer_lib.ShapingSettings:
     p = config.ppo
     return scorer_lib.ShapingSettings(scheme=p.scheme, alpha=p.alpha, eta=p.eta,
-                                       success_coef=p.success_coef)
+                                       success_coef=p.success_coef, orm_coef=p.outcome_coef)
 
 
 # ----------------------------------------------------------------------------- state I/O
@@ -154,18 +173,20 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this iteration as if preempted (checkpoint saved, no
         summary); the next call resumes. For drills and tests.
     """
-    if workdir_lib.is_done(workdir):
-        logger.info("ppo: %s is done; reusing it.", workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, "ppo")) is not None:
+        return done
     loop.quiet_library_logs()
     started = time.time()
     p = config.ppo
     rm_kind = reward_model_kind(p.scheme)
     policy_path, rm_path = input_paths(config, workdir)
+    orm_path = outcome_model_path(config, workdir)
     policy_is_hub_name = bool(p.policy) and not paths.is_remote(p.policy) and not os.path.exists(p.policy)
     for what, path, field, stage, ok in (
             ("SFT policy", policy_path, "ppo.policy", "sft", policy_is_hub_name or paths.isdir(policy_path)),
-            ("reward model", rm_path, "ppo.reward_model", rm_kind, paths.isdir(rm_path))):
+            ("reward model", rm_path, "ppo.reward_model", rm_kind, paths.isdir(rm_path)),
+            *([("outcome reward model", orm_path, "ppo.outcome_reward_model", "orm", paths.isdir(orm_path))]
+              if orm_path else [])):
         if not ok:
             raise FileNotFoundError(f"ppo: the {what} folder {path} does not exist; set {field} or run "
                                     f"the {stage} stage first (configs/ppo_*.py run the whole chain)")
@@ -174,11 +195,27 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     tokenizer = tokenizer_lib.resolve_tokenizer(config, policy_path)
     model, sft_params = model_build.build_model(config, tokenizer, policy_path)
     dtype = jnp.dtype(config.model.dtype)
-    rm_model, rm_params, rm_tokenizer, kind = load_reward_model(rm_path, dtype=dtype)
+    rm_model, rm_params, rm_tokenizer, kind = load_reward_model(rm_path, dtype=dtype,
+                                                                **reward_model_options(config))
     if kind != rm_kind:
         raise ValueError(f"ppo: scheme {p.scheme!r} needs an {rm_kind.upper()}, but {rm_path} holds "
                          f"an {kind.upper()}")
-    shared_tokens = rollout_lib.same_tokenizer(tokenizer, rm_tokenizer)
+    rm_steps = getattr(rm_model, "step_positions", "delimiter")  # "offsets": DeBERTa RMs re-tokenize
+    rm_layout = hf_reward.layout_of(rm_model)  # public HF PRMs: separator / Math-Shepherd step tag
+    shared_tokens = (rollout_lib.same_tokenizer(tokenizer, rm_tokenizer) and rm_steps == "delimiter"
+                     and rm_layout.name == "plain")
+    orm_model = orm_params = orm_tokenizer = None
+    if orm_path:  # PRM + ORM in one reward: the ORM's score at the last token, weight ppo.outcome_coef
+        orm_model, orm_params, orm_tokenizer, orm_kind = load_reward_model(orm_path, dtype=dtype,
+                                                                           **reward_model_options(config))
+        if orm_kind != "orm":
+            raise ValueError(f"ppo: ppo.outcome_reward_model must be an ORM, but {orm_path} holds a PRM")
+    orm_shared = orm_path and rollout_lib.same_tokenizer(tokenizer, orm_tokenizer) and \
+        getattr(orm_model, "step_positions", "delimiter") == "delimiter"
+    # Re-tokenized reward-model inputs use the policy's prompt format when the RM's tokenizer can.
+    rm_template = rollout_lib.reward_model_template(formatting.config_template(config), rm_tokenizer)
+    if not shared_tokens and rm_template != formatting.config_template(config):
+        logger.warning("ppo: the reward model's tokenizer has no chat template; it scores plain prompts")
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = config.mesh.rules
     root = jax.random.key(config.seed)
@@ -188,23 +225,30 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     if not needs_critic:
         logger.info("ppo: advantage %s: no critic", p.advantage)
     elif p.critic_init == "reward_model":
-        if not shared_tokens:
+        if not shared_tokens or not isinstance(rm_model, models.ScalarModel):
             raise ValueError(f"ppo.critic_init='reward_model' needs the reward model ({rm_path}) to "
-                             f"share the policy's tokenizer; use critic_init='policy'")
+                             f"be a jaxstep decoder reward model sharing the policy's tokenizer; use "
+                             f"critic_init='policy'")
         # The critic is the reward model's backbone and scalar head (no likelihood feature).
-        critic_model = models.ScalarModel(rm_model.config, remat=model.remat)  # model.remat, as the policy
+        critic_model = models.ScalarModel(rm_model.config, remat=model.remat, attention=model.attention)  # as the policy
         critic_params = _copy(models.without_likelihood(rm_params))
     else:
-        critic_model = models.ScalarModel(model.config, remat=model.remat)  # model.remat, as the policy
+        critic_model = models.ScalarModel(model.config, remat=model.remat, attention=model.attention)  # as the policy
         critic_params = models.scalar_params_from_decoder(sft_params, k_critic, model.config)
     if needs_critic and p.critic_zero_head:
         critic_params["score"] = jax.tree.map(jnp.zeros_like, critic_params["score"])
     logger.info("ppo: policy %s (%.2fM params), %s %s, critic from %s, scheme %s", policy_path,
-                model_build.count_params(sft_params) / 1e6, kind.upper(), rm_path, p.critic_init, p.scheme)
+                model_build.count_params(sft_params) / 1e6, kind.upper(), rm_path,
+                p.critic_init if needs_critic else "nothing (critic-free)", p.scheme)
 
     policy_params = placement.shard_params(sft_params, model, mesh, rules)
     ref_params = _copy(policy_params)
     rm_params = placement.shard_params(rm_params, rm_model, mesh, rules)
+    if orm_model is not None:
+        orm_params = placement.shard_params(orm_params, orm_model, mesh, rules)
+    frozen = placement.frozen_dtype(dtype)  # bf16 compute: the frozen models' params in bf16 too
+    if frozen != jnp.float32:  # (the trained policy and critic keep f32 master weights)
+        ref_params, rm_params, orm_params = placement.cast_params((ref_params, rm_params, orm_params), frozen)
     if needs_critic:
         critic_params = placement.shard_params(critic_params, critic_model, mesh, rules)
     del sft_params
@@ -227,11 +271,13 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     scorer = scorer_lib.make_scorer(model, critic_model, rm_model, rm_kind, shaping_settings(config),
                                     prompt_len=P, temperature=settings.temperature,
                                     recompute_logprobs=recompute, mesh=mesh, rules=rules,
-                                    logits_chunk=config.model.get("logits_chunk", 0))
+                                    logits_chunk=config.model.get("logits_chunk", 0), orm_model=orm_model)
 
     # Prompts, checkpoint, resume.
     prompts = load_prompts(config)
     data_skipped = sources.skipped_count(prompts)  # unusable records the readers skipped
+    evals = sources.eval_problems(config, p.eval_limit)
+    prompts_truncated = report_truncated_prompts(config, tokenizer, [*prompts, *evals], "ppo")
     batch_size = placement.round_batch(p.rollout_batch, mesh)
     data_ways = mesh_lib.data_parallel_size(mesh)
     if batch_size % p.minibatches or (batch_size // p.minibatches) % data_ways:
@@ -259,16 +305,23 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         k_sample, k_update = jax.random.split(jax.random.fold_in(k_loop, step))
         problems = [q for q in next(loader) for _ in range(k)]  # k responses per prompt, adjacent
         rollout = rollout_lib.sample(model, state.policy_params, tokenizer, problems, k_sample, settings,
-                                     mesh=mesh, rules=rules)
+                                     mesh=mesh, rules=rules, chunk_size=config.sampler.batch_size)
         t1 = time.perf_counter()
         host_batch = rollout_lib.sequence_batch(rollout)
         if not shared_tokens:
             host_batch.update(rollout_lib.reward_model_batch(
-                rollout, rm_tokenizer, P + settings.max_new_tokens, settings.delimiter))
+                rollout, rm_tokenizer, P + settings.max_new_tokens, settings.delimiter, template=rm_template,
+                step_positions=rm_steps, layout=rm_layout))
+        if orm_path and not orm_shared:
+            host_batch.update(rollout_lib.reward_model_batch(
+                rollout, orm_tokenizer, P + settings.max_new_tokens, settings.delimiter, prefix="orm_",
+                template=rollout_lib.reward_model_template(formatting.config_template(config), orm_tokenizer),
+                step_positions=getattr(orm_model, "step_positions", "delimiter")))
         local = distributed.process_shard(np.arange(batch_size))  # this process's rows
         batch = placement.shard_batch({k: v[local] for k, v in host_batch.items()}, mesh)
-        scored = scorer({"policy": state.policy_params, "ref": ref_params,
-                         "critic": state.critic_params, "rm": rm_params}, batch)
+        scored = chunked.score_chunked(  # sampler.batch_size rows per scorer call (default: one call)
+            scorer, {"policy": state.policy_params, "ref": ref_params, "critic": state.critic_params,
+                     "rm": rm_params, "orm": orm_params}, host_batch, batch, mesh, config.sampler.batch_size)
         scored = jax.block_until_ready(scored)
         t2 = time.perf_counter()
         ppo_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask",
@@ -295,10 +348,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         metrics.update(rollout_seconds=rollout_s, score_seconds=score_s, update_seconds=update_s,
                        step_seconds=step_s, tokens_per_second=tokens / max(step_s, 1e-9),
                        skipped_steps_total=guard.total_skipped_steps)
+        if "orm_scores" in last["scored"]:  # PRM + ORM: the second model's mean score
+            metrics["orm_score"] = float(np.mean(placement.to_host(last["scored"]["orm_scores"])))
         return metrics
 
     writer = MetricWriter(workdir, prefix="ppo")
-    evals = sources.eval_problems(config, p.eval_limit)
     data_skipped += sources.skipped_count(evals)
     hooks = loop.Hooks(
         step=iteration, log=log,
@@ -326,9 +380,10 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     rows = read_metrics(os.path.join(workdir, "metrics.jsonl")) if placement.is_main_process() else []
     summary = {
         "stage": "ppo", "scheme": p.scheme, "advantage": p.advantage, "steps": step, "export": export_path,
-        "policy": policy_path, "reward_model": rm_path, "critic_init": p.critic_init,
+        "policy": policy_path, "reward_model": rm_path, "outcome_reward_model": orm_path,
+        "critic_init": p.critic_init,
         "kl_coef_final": float(state.kl.coef), "skipped_steps": guard.total_skipped_steps,
-        "data_skipped": data_skipped,
+        "data_skipped": data_skipped, "prompts_truncated": prompts_truncated,
         "first": report.window_means(rows, report.SUMMARY_KEYS, first=True),
         "last": report.window_means(rows, report.SUMMARY_KEYS, first=False),
         **final_eval, "train_seconds": train_seconds, "seconds": time.time() - started,

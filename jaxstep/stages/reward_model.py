@@ -6,7 +6,11 @@
 A reward model is `jaxstep.models.ScalarModel` (the generator's decoder without its LM
 head, plus a Dense(1) head) initialised from a generator export folder or an HF model.
 The ORM is trained on the logit at the last token of a solution, the PRM on the logit
-at the last token of every step (`jaxstep.rewards.scoring` reads them the same way):
+at the last token of every step (`jaxstep.rewards.scoring` reads them the same way).
+With `rm.backbone = "deberta"` it is instead a DeBERTa-v2/v3 encoder from `rm.init_from`
+with an ORM (pooled [CLS]) or block-causal PRM head (`jaxstep.models.deberta_heads`),
+reading text with its own tokenizer (steps end at their last character's token,
+`jaxstep.data.step_offsets`), exported as an HF classification folder:
 
   * `orm`: N sampled solutions per training problem labelled by final-answer
     correctness (or pre-labelled solutions from `rm.solutions_path`), binary
@@ -43,16 +47,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxstep import workdir as workdir_lib
-from jaxstep.data import batching, sources
+from jaxstep.data import batching, formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
-from jaxstep.metrics import MetricWriter
+from jaxstep.data.truncation import report_truncated_prompts
+from jaxstep.metrics import MetricWriter, mark_undefined
 from jaxstep.models import build as model_build
 from jaxstep.models import reward_io
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import placement
 from jaxstep.reports import reward_model as report
 from jaxstep.rewards.losses import batch_loss
-from jaxstep.rm import dataset, encoding
+from jaxstep.rm import backbones, dataset, encoding
 from jaxstep.rm import evaluation as rm_eval
 from jaxstep.rm import labels as labels_lib
 from jaxstep.train import loop
@@ -85,9 +90,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this training step as if preempted (checkpoint saved, no
         summary); the next call resumes. For drills and tests.
     """
-    if workdir_lib.is_done(workdir):
-        logger.info("%s: %s is done; reusing it.", config.stage, workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, config.stage)) is not None:
+        return done
     started = time.time()
     kind = dataset.stage_kind(config)
     r = config.rm
@@ -99,7 +103,11 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     gen_path = dataset.generator_path(config, workdir)
     generator = dataset.load_generator(config, gen_path) if gen_path else None
     init_path = r.init_from or gen_path
-    if generator is not None and init_path == gen_path:
+    deberta = r.get("backbone", "decoder") == "deberta"
+    if deberta:  # an encoder ORM/PRM with its own tokenizer (jaxstep.rm.backbones)
+        model, params, tokenizer = backbones.deberta_reward_model(config, kind, k_init)
+        base_params = lm_head = None
+    elif generator is not None and init_path == gen_path:
         base_model, base_params, tokenizer = generator
     else:
         tokenizer = generator[2] if generator is not None else tokenizer_lib.resolve_tokenizer(config, init_path)
@@ -112,8 +120,9 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
     boundary_ids = (reward_io.boundary_token_ids(tokenizer, config.data.step_delimiter)
                     if r.likelihood_feature and kind == "prm" else ())
-    model, params, lm_head = reward_io.reward_model_from_generator(base_model, base_params, k_init, boundary_ids,
-                                                                   remat=model_build.remat_of(config))
+    if not deberta:
+        model, params, lm_head = reward_io.reward_model_from_generator(
+            base_model, base_params, k_init, boundary_ids, remat=model_build.remat_of(config))
     del base_params
     logger.info("%s: %.2fM params, %d training records (%s loss)", kind,
                 model_build.count_params(params) / 1e6, len(data.train), loss)
@@ -124,13 +133,27 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     train_records = data.train
     while len(train_records) < max(local_batch * jax.process_count(), jax.process_count()):
         train_records = train_records + data.train  # tiny data sets (tests): repeat
+    template = formatting.config_template(config)  # the policy's prompt format (data.prompt_template)
+    # DeBERTa: steps end at their last character's token (jaxstep.data.step_offsets); the
+    # block-causal PRM also takes every row's step ends; a chat template only if it has one.
+    positions = {"step_positions": getattr(model, "step_positions", "delimiter")} if deberta else {}
+    with_steps = bool(getattr(model, "needs_step_ends", False))
+    if deberta and template == formatting.CHAT and not getattr(tokenizer, "chat_template", None):
+        template = formatting.PROMPT_TEMPLATE
+    # Prompts the generator's sampler cut (or would cut) at data.max_prompt_len, in its tokens.
+    prompts_truncated = report_truncated_prompts(
+        config, generator[2] if generator is not None else tokenizer,
+        [x.problem for x in (*data.train, *data.eval_records, *data.eval_samples)], kind,
+        template=formatting.config_template(config) if generator is not None else template)
     if loss == "bt":
         transform = functools.partial(encoding.encode_pairs_batch, tokenizer=tokenizer, max_len=max_len,
-                                      delimiter=config.data.step_delimiter)
-        keys = ("ids", "mask", "target", "pair_mask")
+                                      delimiter=config.data.step_delimiter, template=template, **positions,
+                                      **({"with_steps": True} if with_steps else {}))
+        keys = ("ids", "mask", "target", "pair_mask") + (("step_ends", "step_mask") if with_steps else ())
     else:
         transform = functools.partial(encoding.encode_labeled_batch, tokenizer=tokenizer, max_len=max_len,
-                                      kind=kind, delimiter=config.data.step_delimiter)
+                                      kind=kind, delimiter=config.data.step_delimiter, template=template,
+                                      **positions)
         keys = ("ids", "mask", "step_ends", "step_mask", "labels", "label_mask", "lm_mask")
     loader = batching.make_loader(train_records, local_batch, seed=config.seed, transform=transform)
 
@@ -147,7 +170,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         logger.info("%s: resumed from step %d", kind, int(state["step"]))
 
     # ============================================================ the loop
-    lm_weight = float(r.lm_loss_weight) if loss == "bce" and model.boundary_ids else 0.0
+    lm_weight = float(r.lm_loss_weight) if loss == "bce" and getattr(model, "boundary_ids", ()) else 0.0
     step_fn = placement.jit_step(functools.partial(train_step, model, tx, loss, lm_weight=lm_weight,
                                                    microbatch_size=r.get("microbatch_size", 0)), mesh)
     schedule = learning_rate_schedule(r)
@@ -173,7 +196,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     # ============================================================ finish: export, evaluation, report
     export_path = ""
     metadata = {"labels": data.info.get("labels"), "loss": loss, "steps": step,
-                "generator": gen_path, "init_from": init_path}
+                "generator": gen_path, "init_from": init_path,
+                "prompt_template": config.data.prompt_template}
     if r.export:
         export_path = reward_io.save_reward_model(
             os.path.join(workdir, workdir_lib.EXPORT_DIR), model, state["params"], tokenizer, kind,
@@ -192,17 +216,20 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         num_per_problem=r.best_of_n, greedy_accuracy=data.greedy_accuracy,
         greedy_correct=data.info.get("greedy_correct"), max_len=max_len,
         batch_size=r.eval_batch_size, mesh=mesh, delimiter=config.data.step_delimiter,
-        key=jax.random.fold_in(root, 104))
+        key=jax.random.fold_in(root, 104), template=template)
     if placement.is_main_process():
         report.write_report(os.path.join(workdir, "report.md"), evaluation,
                             title=f"{kind.upper()} ({data.info.get('labels')} labels, {loss} loss)",
                             info=data.info, metrics_path=os.path.join(workdir, "metrics.jsonl"))
-    writer.write(step, {f"eval_{k}": v for k, v in evaluation["flat"].items()})
+    # Numbers the held-out data cannot define (NaN) are written as null and named, not as NaN.
+    undefined = "undefined on the held-out data (one class, no step labels or no samples)"
+    writer.write(step, mark_undefined({f"eval_{k}": v for k, v in evaluation["flat"].items()}, undefined))
     writer.close()
     summary = {"stage": kind, "steps": step, "export": export_path, "labels": data.info.get("labels"),
                "loss": loss, "params": model_build.count_params(state["params"]),
                "final_loss": workdir_lib.last_metric(workdir, "loss"), "data": data.info,
-               "eval": evaluation["flat"], "train_seconds": train_seconds,
+               "prompts_truncated": prompts_truncated,
+               "eval": mark_undefined(evaluation["flat"], undefined), "train_seconds": train_seconds,
                "eval_seconds": time.time() - started_eval, "seconds": time.time() - started}
     logger.info("%s: done in %.0f s: %s", kind, summary["seconds"], evaluation["flat"])
     return workdir_lib.write_summary(workdir, summary)

@@ -25,6 +25,7 @@ import optax
 from jaxstep import workdir as workdir_lib
 from jaxstep.data import batching, formatting, sources
 from jaxstep.data import tokenizer as tokenizer_lib
+from jaxstep.data.truncation import report_truncated_prompts
 from jaxstep.evaluation.policy import greedy_eval
 from jaxstep.metrics import MetricWriter
 from jaxstep.models import build as model_build
@@ -117,9 +118,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this step as if preempted (saves a checkpoint, writes no
         summary); the next call resumes. For drills and tests.
     """
-    if workdir_lib.is_done(workdir):
-        logger.info("sft: %s is done; reusing it.", workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, "sft")) is not None:
+        return done
     loop.quiet_library_logs()
     started = time.time()
     s = config.sft
@@ -135,6 +135,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
     train_problems = sources.load_problems(config, config.data.train_sources, "train")
     eval_problems = sources.eval_problems(config, s.eval_limit)
+    prompts_truncated = report_truncated_prompts(config, tokenizer, [*train_problems, *eval_problems], "sft")
     max_len = s.max_len or (config.data.max_prompt_len + config.data.max_response_len)
     batch_size = placement.round_batch(s.batch_size, mesh)
     local_batch = batch_size // jax.process_count()
@@ -195,6 +196,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         "final_loss": workdir_lib.last_metric(workdir, "loss"),
         "eval_problems": len(eval_problems), **last_eval,
         "data_skipped": sources.skipped_count(train_problems, eval_problems),
+        "prompts_truncated": prompts_truncated,
         "seconds": time.time() - started,
     }
     logger.info("sft: done in %.0f s: %s", summary["seconds"], summary)

@@ -81,9 +81,8 @@ def seconds_per_iteration(workdir: str) -> float | None:
 
 def run(config, workdir: str) -> dict:
     """Runs (or reuses) the sweep in `workdir`; returns the summary."""
-    if workdir_lib.is_done(workdir):
-        logger.info("sweep: %s is done; reusing it.", workdir)
-        return workdir_lib.read_summary(workdir)
+    if (done := workdir_lib.reuse_if_done(workdir, "sweep")) is not None:
+        return done
     started = time.time()
     loop.quiet_library_logs()
     s, delimiter = config.sweep, config.data.step_delimiter
