@@ -123,5 +123,8 @@ def test_grpo_files_are_the_main_job_without_a_critic(stem, scheme, advantage):
         assert (c.name, c.stage, p.scheme, p.advantage) == (stem, "pipeline", scheme, advantage)
         assert (p.samples_per_prompt, p.kl_estimator) == (4, "k3")
         main = config_lib.ppo_experiment(scheme, preset)
+        if preset != "paper":  # the CPU rate without a critic (the main job's 3e-4 collapses)
+            assert (p.learning_rate, main.ppo.learning_rate) == (1e-4, 3e-4)
+            p.learning_rate = main.ppo.learning_rate
         c.name, p.advantage, p.samples_per_prompt, p.kl_estimator = (main.name, "gae", 1, "k1")
         assert c.to_dict() == main.to_dict()
