@@ -16,9 +16,10 @@ from jaxstep.checkpoint import Checkpointer
 from jaxstep.metrics import read_metrics
 from jaxstep.models import build as model_build
 from jaxstep.models import reward_io
-from jaxstep.data import formatting
+from jaxstep.data import batching, formatting
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep import workdir as workdir_lib
+from jaxstep.rl import rollout as rollout_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 300
@@ -103,6 +104,27 @@ def finalized_checkpoints(workdir) -> list[int]:
 
 # The PPO stage tests' sizes: prompt and response lengths, step slots.
 PPO_P, PPO_R, PPO_S = 64, 24, 8
+
+
+def rollout_from_texts(problems, texts, tokenizer, finished=True):
+    """A Rollout whose responses are given texts (tokenized, + EOS), as `sample` returns."""
+    ids = tokenizer_lib.special_ids(tokenizer)
+    enc = batching.encode_prompts(problems, tokenizer, PPO_P)
+    tokens = np.full((len(texts), PPO_R), ids["pad"], np.int32)
+    lengths = []
+    for b, text in enumerate(texts):
+        row = tokenizer(text, add_special_tokens=False)["input_ids"] + ([ids["eos"]] if finished else [])
+        row = row[:PPO_R]
+        tokens[b, :len(row)] = row
+        lengths.append(len(row))
+    steps = batching.batch_step_ends(tokens, tokenizer, max_steps=PPO_S)
+    n = len(texts)
+    return rollout_lib.Rollout(
+        problems=list(problems), prompt_ids=enc["ids"], prompt_mask=enc["mask"], tokens=tokens,
+        logprobs=np.zeros((n, PPO_R), np.float32), lengths=np.array(lengths, np.int32), texts=list(texts),
+        correct=np.array([i % 2 == 0 for i in range(n)]), has_answer=np.ones(n, bool),
+        finished=np.full(n, finished), step_ends=steps["step_ends"], step_mask=steps["step_mask"],
+        num_steps=steps["num_steps"])
 
 
 def tiny_ppo_config(scheme="prm_dense", steps=2):

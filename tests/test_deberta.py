@@ -16,6 +16,7 @@ from jaxstep import models  # noqa: E402
 from jaxstep.models import deberta, deberta_hf  # noqa: E402
 from jaxstep.models import hf as hf_io  # noqa: E402
 from jaxstep.models.config import UnsupportedModelError  # noqa: E402
+import deberta_helpers  # noqa: E402
 
 TOL = 1e-4
 TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -49,17 +50,7 @@ def random_deberta(extra: dict, seed: int = 0, std: float = 0.2):
     config = transformers.DebertaV2Config(**TINY, **extra)
     model = transformers.DebertaV2Model(config).float().eval()
     model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            elif "embeddings" in name:
-                p.copy_(torch.randn_like(p))
-            else:
-                p.copy_(std * torch.randn_like(p))
-    return model
+    return deberta_helpers.randomize(model, seed, std)
 
 
 def jax_from_torch(hf_model, prefix: str = ""):

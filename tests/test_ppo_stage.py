@@ -19,7 +19,7 @@ from jaxstep.rewards import shaping
 from jaxstep.data import sources
 from jaxstep.stages import ppo as stage_ppo
 from jaxstep.parallel import mesh as mesh_lib
-from run_helpers import PPO_P as P, PPO_R as R, PPO_S as S, long_prompts, tiny_ppo_config as tiny_config
+from run_helpers import PPO_P as P, PPO_R as R, PPO_S as S, long_prompts, rollout_from_texts, tiny_ppo_config as tiny_config
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
@@ -33,27 +33,6 @@ def tiny(tiny_chain):
     orm_model, orm_params, _, _ = reward_io.load_reward_model(tiny_chain["orm"])
     problems = sources.load_problems(config, "synthetic", "train")[:8]
     return dict(tiny_chain, rm=(rm_model, rm_params), orm=(orm_model, orm_params), problems=problems)
-
-
-def rollout_from_texts(problems, texts, tokenizer, finished=True):
-    """A Rollout whose responses are given texts (tokenized, + EOS), as `sample` returns."""
-    ids = tokenizer_lib.special_ids(tokenizer)
-    enc = batching.encode_prompts(problems, tokenizer, P)
-    tokens = np.full((len(texts), R), ids["pad"], np.int32)
-    lengths = []
-    for b, text in enumerate(texts):
-        row = tokenizer(text, add_special_tokens=False)["input_ids"] + ([ids["eos"]] if finished else [])
-        row = row[:R]
-        tokens[b, :len(row)] = row
-        lengths.append(len(row))
-    steps = batching.batch_step_ends(tokens, tokenizer, max_steps=S)
-    n = len(texts)
-    return rollout_lib.Rollout(
-        problems=list(problems), prompt_ids=enc["ids"], prompt_mask=enc["mask"], tokens=tokens,
-        logprobs=np.zeros((n, R), np.float32), lengths=np.array(lengths, np.int32), texts=list(texts),
-        correct=np.array([i % 2 == 0 for i in range(n)]), has_answer=np.ones(n, bool),
-        finished=np.full(n, finished), step_ends=steps["step_ends"], step_mask=steps["step_mask"],
-        num_steps=steps["num_steps"])
 
 
 def test_sample_grades_and_finds_steps(tiny):

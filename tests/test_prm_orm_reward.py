@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxstep.config_lib import validation
-from jaxstep.data import batching, synthetic
+from jaxstep.data import synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.metrics import read_metrics
 from jaxstep.models import reward_io
@@ -16,7 +16,7 @@ from jaxstep.rewards import shaping
 from jaxstep.rl import rollout as rollout_lib
 from jaxstep.rl import scorer as scorer_lib
 from jaxstep.stages import ppo as stage_ppo
-from run_helpers import PPO_P as P, PPO_R as R, PPO_S as S, tiny_ppo_config
+from run_helpers import PPO_P as P, PPO_R as R, rollout_from_texts, tiny_ppo_config
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # tests/conftest.py
 
@@ -64,26 +64,6 @@ def test_shape_rewards_without_an_orm_is_unchanged_and_needs_scores_with_one():
         shaping.shape_rewards("clip", scores, mask, ends, lengths, success, time=12, orm_coef=1.0)
 
 
-def _rollout(problems, texts, tokenizer):
-    """A Rollout whose responses are the given texts (+ EOS), as `rollout.sample` returns."""
-    ids = tokenizer_lib.special_ids(tokenizer)
-    enc = batching.encode_prompts(problems, tokenizer, P)
-    tokens = np.full((len(texts), R), ids["pad"], np.int32)
-    lengths = []
-    for b, text in enumerate(texts):
-        row = (tokenizer(text, add_special_tokens=False)["input_ids"] + [ids["eos"]])[:R]
-        tokens[b, :len(row)] = row
-        lengths.append(len(row))
-    steps = batching.batch_step_ends(tokens, tokenizer, max_steps=S)
-    n = len(texts)
-    return rollout_lib.Rollout(
-        problems=list(problems), prompt_ids=enc["ids"], prompt_mask=enc["mask"], tokens=tokens,
-        logprobs=np.zeros((n, R), np.float32), lengths=np.array(lengths, np.int32), texts=list(texts),
-        correct=np.array([i % 2 == 0 for i in range(n)]), has_answer=np.ones(n, bool),
-        finished=np.ones(n, bool), step_ends=steps["step_ends"], step_mask=steps["step_mask"],
-        num_steps=steps["num_steps"])
-
-
 def test_scorer_adds_a_public_orm_with_another_tokenizer(tiny_chain, tmp_path):
     pytest.importorskip("transformers")
     from test_hf_reward import _hf_folder, _softmax_first, _torch_out
@@ -95,7 +75,7 @@ def test_scorer_adds_a_public_orm_with_another_tokenizer(tiny_chain, tmp_path):
     assert kind == "orm" and not rollout_lib.same_tokenizer(tok, orm_tok)
     problems = synthetic.generate(4, split="train", seed=0)
     texts = ["Ann has 4 + 1 = 5 apples.\n#### 5", "#### 3", "Ben has 3 * 2 = 6 pens.\n#### 6", "a\nb\n#### 1"]
-    roll = _rollout(problems, texts, tok)
+    roll = rollout_from_texts(problems, texts, tok)
     batch = rollout_lib.sequence_batch(roll)
     batch.update(rollout_lib.reward_model_batch(roll, orm_tok, P + R, "\n", prefix="orm_"))
     tree = {"policy": params, "ref": params, "critic": None, "rm": prm_params, "orm": orm_params}
