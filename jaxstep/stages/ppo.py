@@ -210,11 +210,13 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
                                                                            **reward_model_options(config))
         if orm_kind != "orm":
             raise ValueError(f"ppo: ppo.outcome_reward_model must be an ORM, but {orm_path} holds a PRM")
-    orm_shared = orm_path and rollout_lib.same_tokenizer(tokenizer, orm_tokenizer) and \
-        getattr(orm_model, "step_positions", "delimiter") == "delimiter"
+    orm_steps = getattr(orm_model, "step_positions", "delimiter")
+    orm_shared = orm_path and rollout_lib.same_tokenizer(tokenizer, orm_tokenizer) and orm_steps == "delimiter"
     # Re-tokenized reward-model inputs use the policy's prompt format when the RM's tokenizer can.
-    rm_template = rollout_lib.reward_model_template(formatting.config_template(config), rm_tokenizer)
-    if not shared_tokens and rm_template != formatting.config_template(config):
+    template = formatting.config_template(config)
+    rm_template = rollout_lib.reward_model_template(template, rm_tokenizer)
+    orm_template = rollout_lib.reward_model_template(template, orm_tokenizer) if orm_path else template
+    if not shared_tokens and rm_template != template:
         logger.warning("ppo: the reward model's tokenizer has no chat template; it scores plain prompts")
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = config.mesh.rules
@@ -315,8 +317,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
         if orm_path and not orm_shared:
             host_batch.update(rollout_lib.reward_model_batch(
                 rollout, orm_tokenizer, P + settings.max_new_tokens, settings.delimiter, prefix="orm_",
-                template=rollout_lib.reward_model_template(formatting.config_template(config), orm_tokenizer),
-                step_positions=getattr(orm_model, "step_positions", "delimiter")))
+                template=orm_template, step_positions=orm_steps))
         local = distributed.process_shard(np.arange(batch_size))  # this process's rows
         batch = placement.shard_batch({k: v[local] for k, v in host_batch.items()}, mesh)
         scored = chunked.score_chunked(  # sampler.batch_size rows per scorer call (default: one call)
