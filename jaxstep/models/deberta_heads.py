@@ -206,6 +206,24 @@ def save_hf(path: str | os.PathLike, model: DebertaRewardModel, params: dict, to
                            extra_tensors=head_tensors(model, params), extra_config=extra)
 
 
+def module_from_hf_dict(config: DebertaConfig, hf_dict: dict, source: str = "config.json") -> DebertaRewardModel:
+    """The `DebertaRewardModel` (no weights) of a DeBERTa classification folder's config.json
+    dict: kind from `architectures`, labels, pooler, block-causal flag and step positions.
+    Raises ValueError naming `source` for another architecture."""
+    arch = (hf_dict.get("architectures") or [""])[0]
+    kinds = {v: k for k, v in ARCHITECTURES.items()}
+    if arch not in kinds:
+        raise ValueError(f"{source}: architectures={hf_dict.get('architectures')}; "
+                         f"expected one of {sorted(kinds)}")
+    kind = kinds[arch]
+    num_labels = int(hf_dict.get("num_labels") or len(hf_dict.get("id2label") or {}) or 2)
+    return DebertaRewardModel(
+        config, kind=kind, block_causal=bool(hf_dict.get(BLOCK_CAUSAL_FIELD, False)), num_labels=num_labels,
+        pooler_size=int(hf_dict.get("pooler_hidden_size") or 0) if kind == "orm" else 0,
+        pooler_act=hf_dict.get("pooler_hidden_act", "gelu"),
+        step_positions=hf_dict.get(STEP_POSITIONS_FIELD, "offsets"))
+
+
 def load_hf(path: str | os.PathLike, hf_dict: dict | None = None, dtype=jnp.float32, param_dtype=None):
     """A DeBERTa classification folder as `(DebertaRewardModel, params, kind)`.
 
@@ -214,20 +232,10 @@ def load_hf(path: str | os.PathLike, hf_dict: dict | None = None, dtype=jnp.floa
     """
     folder = pathlib.Path(path)
     hf_dict = hf_dict if hf_dict is not None else read_config_json(folder / "config.json")
-    arch = (hf_dict.get("architectures") or [""])[0]
-    kinds = {v: k for k, v in ARCHITECTURES.items()}
-    if arch not in kinds:
-        raise ValueError(f"{folder / 'config.json'}: architectures={hf_dict.get('architectures')}; "
-                         f"expected one of {sorted(kinds)}")
-    kind = kinds[arch]
     config = deberta_hf.load_config(folder, dtype, param_dtype)
+    model = module_from_hf_dict(config, hf_dict, str(folder / "config.json"))
+    kind, arch, num_labels = model.kind, ARCHITECTURES[model.kind], model.num_labels
     keys, get = tensor_reader(folder)
-    num_labels = int(hf_dict.get("num_labels") or len(hf_dict.get("id2label") or {}) or 2)
-    model = DebertaRewardModel(
-        config, kind=kind, block_causal=bool(hf_dict.get(BLOCK_CAUSAL_FIELD, False)), num_labels=num_labels,
-        pooler_size=int(hf_dict.get("pooler_hidden_size") or 0) if kind == "orm" else 0,
-        pooler_act=hf_dict.get("pooler_hidden_act", "gelu"),
-        step_positions=hf_dict.get(STEP_POSITIONS_FIELD, "offsets"))
     np_dtype = np.dtype(config.params_dtype)
     params = {"encoder": deberta_hf.params_from_tensors(config, keys, get, source=str(folder))}
     keyset = set(keys)

@@ -2,9 +2,14 @@
 
     batch = encode_labeled(records, tokenizer, max_len, kind="prm")   # BCE on step ends
     batch = encode_pairs(pairs, tokenizer, max_len)                   # Bradley-Terry pairs
+
+Lengths are padded to `batching.auto_buckets(max_len)` ("auto"); with `max_steps =
+step_slots(records)` the step axis is the same for every batch too, so a jitted step
+sees at most one shape per length bucket (one compile each).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -70,10 +75,19 @@ def encode_labeled(records: Sequence[labels_lib.StepLabels], tokenizer, max_len:
             "lm_mask": lm_mask, "truncated": enc["truncated"], "misaligned": misaligned}
 
 
+def step_slots(records: Sequence) -> int:
+    """Step slots S that hold every step of `records` (`StepLabels`: its steps;
+    `StepPreference`: its prefix + the alternative): the largest count rounded up to a
+    multiple of 4, at least 4. Passed as `max_steps`, it fixes the step axis of every
+    batch of these records (no step is cut: a text has at most one step end per step)."""
+    counts = [len(r.prefix) + 1 if isinstance(r, labels_lib.StepPreference) else len(r.steps) for r in records]
+    return max(4, 4 * math.ceil(max(counts, default=0) / 4))
+
+
 def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len: int, *,
                  delimiter: str = formatting.DEFAULT_DELIMITER, buckets="auto",
                  template: str = formatting.PROMPT_TEMPLATE, step_positions: str = "delimiter",
-                 with_steps: bool = False) -> dict[str, np.ndarray]:
+                 with_steps: bool = False, max_steps: int | None = None) -> dict[str, np.ndarray]:
     """Token batch for Bradley-Terry training: per pair a chosen and a rejected row.
 
     Each row is `[bos] prompt prefix step` (no EOS; the prompt written with
@@ -82,13 +96,14 @@ def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len:
     other). Returns ids int32 / mask bool `[B, 2, T]`
     (index 0 chosen, 1 rejected), target int32 `[B, 2]`, pair_mask bool `[B]` (False
     when either side was cut by `max_len`); `with_steps` adds every row's step_ends int32
-    / step_mask bool `[B, 2, S]` (for a block-causal PRM). `step_positions` as in
-    `encode_labeled`.
+    / step_mask bool `[B, 2, S]` (for a block-causal PRM; `max_steps` fixes S, e.g.
+    `step_slots(pairs)`). `step_positions` as in `encode_labeled`.
     """
     texts = [t for p in pairs for t in p.texts(delimiter)]
     problems = [p.problem for p in pairs for _ in range(2)]
     enc = step_offsets.encode(problems, tokenizer, max_len, step_positions=step_positions, solutions=texts,
-                              delimiter=delimiter, buckets=buckets, add_eos=False, template=template)
+                              delimiter=delimiter, buckets=buckets, add_eos=False, template=template,
+                              max_steps=max_steps)
     n_steps = enc["step_mask"].sum(1)
     last = np.maximum(n_steps - 1, 0)
     target = enc["step_ends"][np.arange(len(problems)), last].astype(np.int32)
@@ -103,12 +118,16 @@ def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len:
 
 
 def encode_labeled_batch(records, *, tokenizer, max_len, kind, delimiter,
-                         template=formatting.PROMPT_TEMPLATE, step_positions="delimiter"):
+                         template=formatting.PROMPT_TEMPLATE, step_positions="delimiter", max_steps=None,
+                         buckets="auto"):
+    """`encode_labeled` with keyword arguments only (a loader's transform)."""
     return encode_labeled(records, tokenizer, max_len, kind=kind, delimiter=delimiter, template=template,
-                          step_positions=step_positions)
+                          step_positions=step_positions, max_steps=max_steps, buckets=buckets)
 
 
 def encode_pairs_batch(pairs, *, tokenizer, max_len, delimiter, template=formatting.PROMPT_TEMPLATE,
-                       step_positions="delimiter", with_steps=False):
+                       step_positions="delimiter", with_steps=False, max_steps=None, buckets="auto"):
+    """`encode_pairs` with keyword arguments only (a loader's transform)."""
     return encode_pairs(pairs, tokenizer, max_len, delimiter=delimiter, template=template,
-                        step_positions=step_positions, with_steps=with_steps)
+                        step_positions=step_positions, with_steps=with_steps, max_steps=max_steps,
+                        buckets=buckets)

@@ -8,21 +8,27 @@ downloads), the jitted programs the experiment's stages run, for `plan.topology`
 Cloud TPU slice, compiled here with the TPU compiler, `jaxstep.parallel.aot`; or cpu-N):
 
   sft      the SFT train step (`jaxstep.stages.sft.train_step`), batch `sft.batch_size`
-  rm       the reward-model train step (`jaxstep.stages.reward_model.train_step`)
+  rm       the reward-model train step (`jaxstep.stages.reward_model.train_step`); with
+           `rm.backbone="deberta"` the DeBERTa ORM/PRM of `rm.init_from`
+           (`jaxstep.models.deberta_heads`, block-causal PRM batches with step ends)
   sampler  the KV-cache sampler (prefill + decode loop, `jaxstep.models.generate`), at
            `sampler.batch_size` prompts (rollouts run in chunks of it)
   scorer   the rollout scorer (`jaxstep.rl.scorer.make_scorer`), one chunk of
            min(ppo.rollout_batch, sampler.batch_size) rows; frozen params in bf16 when
-           model.dtype is (`jaxstep.parallel.placement.frozen_dtype`)
+           model.dtype is (`jaxstep.parallel.placement.frozen_dtype`); with
+           `ppo.outcome_coef` > 0 also the ORM (PRM + ORM); a DeBERTa reward model
+           (a `ppo.reward_model` export, or `rm.backbone="deberta"`) scores its own
+           re-tokenized copy of the rollouts (P + R tokens, `ppo.max_steps` step slots)
   update   the PPO update (`jaxstep.rl.update.make_ppo_update`)
 
 Model shapes come from a local folder's config.json, or for hub names from
-`HUB_CONFIGS` (the HF configs of the models the presets use), or from `config.model`
-for the tiny decoder. Params are float32 master weights sharded by `mesh.rules` over
+`jaxstep.models.shapes.HUB_CONFIGS` (the HF configs of the models the presets use), or
+from `config.model` for the tiny decoder. Params are float32 master weights sharded by `mesh.rules` over
 `mesh` (resolved on the slice's chips); the programs use the experiment's
 `model.remat`, `model.logits_chunk`, `model.attention` and microbatch sizes.
 
-Writes `<workdir>/plan.json` and `plan.md`: per program and per chip, argument,
+Writes `<workdir>/plan.json` and `plan.md` (a local folder or a gs:// URL,
+`jaxstep.paths`): per program and per chip, argument,
 output, temporary and code bytes, the peak (see `jaxstep.parallel.aot.analyze`), the
 chip's HBM and whether it fits; FLOPs and the time at peak; for the run, the estimated
 seconds per PPO iteration and the update's estimated MFU. Raises SystemExit (exit
@@ -41,7 +47,9 @@ import jax.numpy as jnp
 
 from jaxstep import generation, models
 from jaxstep.config_lib.validation import PLAN_PROGRAMS, comma_list
-from jaxstep.models.shapes import count_params, model_config, model_paths
+from jaxstep import paths as paths_lib
+from jaxstep.models import deberta_heads
+from jaxstep.models.shapes import count_params, deberta_reward_model, is_deberta, model_config, model_paths
 from jaxstep.parallel import aot
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import placement
@@ -136,6 +144,7 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
     paths = model_paths(config)
     policy_cfg, rm_cfg = model_config(config, paths["policy"]), model_config(config, paths["rm"])
     policy = models.Decoder(policy_cfg, remat=remat, attention=attn)
+    block_causal = bool(r.get("block_causal", True))
     P, R = d.max_prompt_len, d.max_response_len
     kw = dict(mesh=mesh, rules=config.mesh.rules)
     out = {}
@@ -151,8 +160,17 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
     if "rm" in names:
         kind = config.stage if config.stage in ("orm", "prm") else r.kind
         loss = r.loss if kind == "prm" else "bce"
-        boundary = (1,) if (r.likelihood_feature and kind == "prm") else ()
-        rm_model = models.ScalarModel(rm_cfg, remat=remat, boundary_ids=boundary, attention=attn)
+        if r.get("backbone", "decoder") == "deberta" and not r.init_from:
+            raise ValueError("rm.backbone='deberta' needs rm.init_from: a DeBERTa-v2/v3 HF folder or a "
+                             "jaxstep.models.shapes.HUB_CONFIGS name to size it")
+        train_cfg = model_config(config, paths["rm_train"])
+        if is_deberta(train_cfg):  # as jaxstep.rm.backbones builds it: the encoder + a fresh head
+            boundary = ()
+            rm_model = deberta_heads.DebertaRewardModel(train_cfg, kind=kind, block_causal=block_causal,
+                                                        remat=(remat or "none") != "none")
+        else:
+            boundary = (1,) if (r.likelihood_feature and kind == "prm") else ()
+            rm_model = models.ScalarModel(rm_cfg, remat=remat, boundary_ids=boundary, attention=attn)
         B, L = _round(r.batch_size, ways), r.max_len or P + R
         S = config.plan.rm_steps if kind == "prm" else 1
         lm_weight = float(r.lm_loss_weight) if (loss == "bce" and boundary) else 0.0
@@ -160,14 +178,17 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
         step = functools.partial(rm_stage.train_step, rm_model, tx, loss, lm_weight=lm_weight,
                                  microbatch_size=r.get("microbatch_size", 0))
         if loss == "bt":
+            # A block-causal PRM also takes every row's step ends (encode_pairs(with_steps=True)).
+            steps = (dict(step_ends=((B, 2, S), jnp.int32), step_mask=((B, 2, S), bool))
+                     if getattr(rm_model, "needs_step_ends", False) else {})
             batch = b.batch(ids=((B, 2, L), jnp.int32), mask=((B, 2, L), bool), target=((B, 2), jnp.int32),
-                            pair_mask=((B,), bool))
+                            pair_mask=((B,), bool), **steps)
         else:
             batch = b.batch(ids=((B, L), jnp.int32), mask=((B, L), bool), step_ends=((B, S), jnp.int32),
                             step_mask=((B, S), bool), labels=((B, S), jnp.float32),
                             label_mask=((B, S), bool), lm_mask=((B, L), bool))
         out["rm"] = (step, (b.train_state(rm_model, tx), batch), dict(kw, donate_argnums=0),
-                     dict(batch=B, length=L, kind=kind, loss=loss, model=paths["rm"] or "tiny",
+                     dict(batch=B, length=L, kind=kind, loss=loss, model=paths["rm_train"] or "tiny",
                           params=count_params(b.params(rm_model)), loops=_loops(B, r)))
     temperature = ppo_stage.rollout_temperature(config)
     B = _round(p.rollout_batch, ways)
@@ -183,7 +204,11 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
                           kw, dict(batch=SB, rollout_batch=B, prompt_len=P, new_tokens=R,
                                  params=count_params(b.params(policy)), loops=R))
     needs_critic = _needs_critic(config)
-    critic_cfg = rm_cfg if p.critic_init == "reward_model" else policy_cfg
+    if (needs_critic and p.critic_init == "reward_model" and is_deberta(rm_cfg)
+            and {"scorer", "update"} & set(names)):
+        raise ValueError(f"ppo.critic_init='reward_model' needs a decoder reward model; {paths['rm']} is a "
+                         "DeBERTa encoder (set ppo.critic_init='policy')")
+    critic_cfg = rm_cfg if p.critic_init == "reward_model" and not is_deberta(rm_cfg) else policy_cfg
     critic = models.ScalarModel(critic_cfg, remat=remat, attention=attn)
     T = P + R
     seq = dict(input_ids=((B, T), jnp.int32), attention_mask=((B, T), jnp.int32),
@@ -191,23 +216,54 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
                positions=((B, T), jnp.int32))
     if "scorer" in names:
         rm_kind = reward_model_kind(p.scheme)
-        rm_model = models.ScalarModel(rm_cfg, boundary_ids=_rm_boundary_ids(config, rm_kind), attention=attn)
+        if is_deberta(rm_cfg):  # a DeBERTa export (or what the pipeline trains from rm.init_from)
+            rm_model = deberta_reward_model(config, paths["rm"], rm_kind, block_causal=block_causal,
+                                            fresh_head=not p.reward_model)
+        else:
+            rm_model = models.ScalarModel(rm_cfg, boundary_ids=_rm_boundary_ids(config, rm_kind), attention=attn)
+        orm_model = None
+        if p.outcome_coef > 0:  # PRM + ORM in one reward: the ORM is the scorer's second model
+            orm_cfg = model_config(config, paths["orm"])
+            orm_model = (deberta_reward_model(config, paths["orm"], "orm", fresh_head=not p.outcome_reward_model)
+                         if is_deberta(orm_cfg) else models.ScalarModel(orm_cfg, attention=attn))
+        for name, model in (("reward_model", rm_model), ("outcome_reward_model", orm_model)):
+            want = rm_kind if name == "reward_model" else "orm"
+            if getattr(model, "kind", want) != want:
+                raise ValueError(f"plan: ppo.{name} ({paths['rm' if name == 'reward_model' else 'orm']}) holds "
+                                 f"kind {model.kind!r}, but scheme {p.scheme!r} needs kind {want!r}")
         s = config.sampler
         recompute = (p.recompute_logprobs or s.top_k > 0 or s.top_p < 1.0
                      or jnp.dtype(m.dtype) != jnp.float32)  # as the ppo stage decides
         scorer = scorer_lib.make_scorer(
             policy, critic if needs_critic else None, rm_model, rm_kind, ppo_stage.shaping_settings(config),
             prompt_len=P, temperature=temperature, recompute_logprobs=recompute, mesh=mesh,
-            rules=config.mesh.rules, logits_chunk=chunk)
+            rules=config.mesh.rules, logits_chunk=chunk, orm_model=orm_model)
         frozen = placement.frozen_dtype(m.dtype)  # as the ppo stage keeps them
         params = {"policy": b.params(policy), "ref": b.params(policy, frozen), "rm": b.params(rm_model, frozen)}
+        if orm_model is not None:
+            params["orm"] = b.params(orm_model, frozen)
         if needs_critic:
             params["critic"] = b.params(critic)
         CB = generation.chunk_rows(B, config.sampler.batch_size, mesh)  # rows per scorer call
         cseq = {k: ((CB, T), dtype) for k, (_, dtype) in seq.items()}
+        # An encoder reward model reads its own re-tokenized copy of every rollout, padded to
+        # P + R tokens with the rollout's step slots (jaxstep.rl.rollout.reward_model_batch).
+        retokenized = [prefix for prefix, model in (("rm_", rm_model), ("orm_", orm_model))
+                       if isinstance(model, deberta_heads.DebertaRewardModel)]
+        for prefix in retokenized:
+            cseq.update({prefix + "ids": ((CB, T), jnp.int32), prefix + "mask": ((CB, T), jnp.int32),
+                         prefix + "step_ends": ((CB, p.max_steps), jnp.int32),
+                         prefix + "step_mask": ((CB, p.max_steps), bool)})
         batch = b.batch(**cseq, step_ends=((CB, p.max_steps), jnp.int32), step_mask=((CB, p.max_steps), bool),
                         lengths=((CB,), jnp.int32), success=((CB,), jnp.float32))
-        out["scorer"] = (scorer.jitted, (params, batch), kw, dict(batch=CB, length=T, loops=-(-B // CB)))
+        sizes = {k: count_params(v) for k, v in params.items()}
+        info = dict(batch=CB, length=T, loops=-(-B // CB), params=sum(sizes.values()),
+                    rm_params=sizes["rm"], rm_model=paths["rm"] or "tiny")
+        if orm_model is not None:
+            info.update(orm_params=sizes["orm"], orm_model=paths["orm"] or "tiny")
+        if retokenized:
+            info["rm_length"] = T
+        out["scorer"] = (scorer.jitted, (params, batch), kw, info)
     if "update" in names:
         cfg = ppo_stage.ppo_update_config(config)
         policy_tx = ppo_optimizer(p.learning_rate, p)
@@ -260,11 +316,9 @@ def _needs_critic(config) -> bool:
 def _write(config, topo, mesh, reports, workdir: str, started: float) -> dict:
     plan = plan_report.summarize(config, topo, dict(mesh.shape), reports)
     plan["seconds"] = round(time.time() - started, 1)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "plan.json"), "w", encoding="utf-8") as f:
-        json.dump(plan, f, indent=2, default=str)
-    with open(os.path.join(workdir, "plan.md"), "w", encoding="utf-8") as f:
-        f.write(plan_report.markdown(plan))
+    # Through jaxstep.paths (etils.epath): a gs:// workdir works like a local one.
+    paths_lib.write_text(paths_lib.join(workdir, "plan.json"), json.dumps(plan, indent=2, default=str))
+    paths_lib.write_text(paths_lib.join(workdir, "plan.md"), plan_report.markdown(plan))
     return plan
 
 
@@ -291,7 +345,7 @@ def run(config, workdir: str) -> dict:
         reports[name] = report
         logger.info("plan: %s", aot.format_report(report))
         plan = _write(config, topo, mesh, reports, workdir, started)  # after each program: partial plans
-    logger.info("plan: wrote %s (%.0f s)", os.path.join(workdir, "plan.md"), plan["seconds"])
+    logger.info("plan: wrote %s (%.0f s)", paths_lib.join(workdir, "plan.md"), plan["seconds"])
     too_big = [n for n, rep in reports.items() if not rep["fits"]]
     if too_big and config.plan.fail_on_oom:
         raise SystemExit(f"plan: {', '.join(too_big)} does not fit {topo.name} "

@@ -137,6 +137,8 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     # DeBERTa: steps end at their last character's token (jaxstep.data.step_offsets); the
     # block-causal PRM also takes every row's step ends; a chat template only if it has one.
     positions = {"step_positions": getattr(model, "step_positions", "delimiter")} if deberta else {}
+    if deberta:  # one step axis for every batch: the train step compiles once per length bucket
+        positions["max_steps"] = encoding.step_slots(train_records)
     with_steps = bool(getattr(model, "needs_step_ends", False))
     if deberta and template == formatting.CHAT and not getattr(tokenizer, "chat_template", None):
         template = formatting.PROMPT_TEMPLATE
