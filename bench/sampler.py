@@ -2,6 +2,7 @@
 
     python bench/sampler.py            # the issue's setting (CPU, float32)
     python bench/sampler.py --quick    # a smaller smoke run
+    python bench/sampler.py --new 128,512 --batch 32,128   # one row per (batch, new, mode)
 
 Model: Qwen2, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 688, vocab
 32000 (random weights, std 0.02 as HF's init); batch 32, prompts of 48-64 tokens
@@ -26,7 +27,12 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from jaxstep import models  # noqa: E402
-from jaxstep.models import hf  # noqa: E402
+from jaxstep.models import hf, sampler  # noqa: E402
+
+
+def _ints(text: str) -> list[int]:
+    """`"128,512"` -> [128, 512]."""
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def build(args):
@@ -52,9 +58,10 @@ def prompts(args):
 
 
 def time_ours(model, params, ids, mask, greedy, args):
+    block = {} if args.block is None else {"decode_block": args.block}
     run = lambda seed: models.generate(  # noqa: E731
         model, params, ids, mask, jax.random.key(seed), max_new_tokens=args.new,
-        greedy=greedy, temperature=1.0, eos_id=None, pad_id=0)
+        greedy=greedy, temperature=1.0, eos_id=None, pad_id=0, **block)
     start = time.perf_counter()
     out = jax.block_until_ready(run(0))
     first = time.perf_counter() - start
@@ -97,9 +104,12 @@ def _time_hf(hf_model, ids, mask, greedy, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=_ints, default=[32], help="one or more, e.g. 32,128")
     parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--new", type=_ints, default=[128], help="one or more, e.g. 128,512")
+    parser.add_argument("--block", type=int, default=None,
+                        help="our decode_block (default: the sampler's DECODE_BLOCK; 0 = one segment)")
+    parser.add_argument("--modes", default="sampling,greedy")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -108,26 +118,30 @@ def main():
     parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens")
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.new, args.repeats = 8, 32, 1
+        args.batch, args.new, args.repeats = [8], [32], 1
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}  load average: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    block = sampler.DECODE_BLOCK if args.block is None else args.block
     print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; batch "
-          f"{args.batch}, prompt {args.prompt}, {args.new} new tokens; float32")
+          f"{','.join(map(str, args.batch))}, prompt {args.prompt}, "
+          f"{','.join(map(str, args.new))} new tokens; float32; our decode_block {block}")
     hf_model, model, params = build(args)
-    ids, mask = prompts(args)
-    print(f"{'mode':9s} {'jaxstep tok/s':>14s} {'transformers tok/s':>19s} {'ratio':>7s} "
-          f"{'our compile s':>14s} {'torch threads':>14s}")
-    for mode in ("sampling", "greedy"):
-        greedy = mode == "greedy"
-        ours_s, compile_s, ours_n, our_tokens = time_ours(model, params, ids, mask, greedy, args)
-        hf_s, hf_n, hf_tokens, threads = time_hf(hf_model, ids, mask, greedy, args)
-        ours_rate, hf_rate = ours_n / ours_s, hf_n / hf_s
-        print(f"{mode:9s} {ours_rate:14.0f} {hf_rate:19.0f} {ours_rate / hf_rate:6.2f}x "
-              f"{compile_s:14.1f} {threads:14d}", flush=True)
-        if greedy:
-            same = (our_tokens == hf_tokens).mean()
-            print(f"greedy tokens equal to transformers': {same:.1%} (random weights: near-ties "
-                  "can flip an argmax, after which rows diverge)")
+    print(f"{'batch':>5s} {'new':>5s} {'mode':9s} {'jaxstep tok/s':>14s} {'transformers tok/s':>19s} "
+          f"{'ratio':>7s} {'our compile s':>14s} {'torch threads':>14s} {'greedy same':>12s}")
+    for batch in args.batch:
+        for new in args.new:
+            run_args = argparse.Namespace(**{**vars(args), "batch": batch, "new": new})
+            ids, mask = prompts(run_args)
+            for mode in args.modes.split(","):
+                greedy = mode == "greedy"
+                ours_s, compile_s, ours_n, our_tokens = time_ours(model, params, ids, mask, greedy, run_args)
+                hf_s, hf_n, hf_tokens, threads = time_hf(hf_model, ids, mask, greedy, run_args)
+                ours_rate, hf_rate = ours_n / ours_s, hf_n / hf_s
+                # random weights: near-ties can flip an argmax, after which rows diverge
+                same = f"{(our_tokens == hf_tokens).mean():.1%}" if greedy else "-"
+                print(f"{batch:5d} {new:5d} {mode:9s} {ours_rate:14.0f} {hf_rate:19.0f} "
+                      f"{ours_rate / hf_rate:6.2f}x {compile_s:14.1f} {threads:14d} {same:>12s}",
+                      flush=True)
 
 
 if __name__ == "__main__":

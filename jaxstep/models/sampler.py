@@ -10,7 +10,10 @@ contiguous, at least one); rows are left-aligned inside. One compiled function p
 EOS/stop token ids are traced, so changing them does not recompile. The KV
 cache (`[batch, kv_heads, prompt_len + max_new_tokens, head_dim]` per layer) is
 allocated inside that function and lives in the while-loop carry, where XLA updates it
-in place: a donated buffer without crossing the jit boundary.
+in place: a donated buffer without crossing the jit boundary. Responses longer than
+`decode_block` (default `DECODE_BLOCK`) decode in segments of that many tokens, one
+while loop each over a cache that ends at the segment's end (grown between segments),
+so a step costs what the tokens so far cost, not the whole response's cache.
 
 Per step: one decoder call on one token per row, the LM head, and sampling by a
 two-level inverse CDF (a cumulative sum over blocks of 128 tokens, then inside the
@@ -40,6 +43,10 @@ Array = jax.Array
 
 _BLOCK = 128  # vocabulary block of the two-level inverse-CDF sampler
 _TOP_P_HALVINGS = 24  # bisection steps of the nucleus threshold
+# New tokens per decode segment (see `decode_segments`): each segment's steps attend over
+# the cache up to the segment's end only. Responses of at most this many tokens compile to
+# one loop over the whole cache.
+DECODE_BLOCK = 128
 
 
 class SampleOutput(NamedTuple):
@@ -152,6 +159,7 @@ class _Static(NamedTuple):
     top_p: bool  # nucleus filter on
     plain: bool  # temperature 1, no filters: the sampling log-prob is the raw one
     cache_dtype: str | None
+    decode_block: int = 0  # new tokens per decode segment (0 or >= max_new_tokens: one segment)
 
 
 class _Dynamic(NamedTuple):
@@ -216,6 +224,29 @@ def _left_align(ids: Array, mask: Array) -> tuple[Array, Array]:
 # ----------------------------------------------------------------------------- generate
 
 
+def decode_segments(max_new_tokens: int, block: int) -> list[tuple[int, int, int]]:
+    """The decode loop's segments: `(first step, end step, cache slots after the prompt)`.
+
+    Step t (1 <= t < max_new_tokens) feeds token t-1 and writes cache slot
+    prompt_len + t - 1; segment s runs steps [max(1, s*block), min((s+1)*block, new))
+    over a cache of prompt_len + min((s+1)*block, new) slots. `block` 0 or >= new: one
+    segment over the whole cache. E.g. (10, 4) -> [(1, 4, 4), (4, 8, 8), (8, 10, 10)].
+    """
+    if block <= 0 or max_new_tokens <= block:
+        return [(1, max_new_tokens, max_new_tokens)]
+    ends = list(range(block, max_new_tokens, block)) + [max_new_tokens]
+    return [(max(1, start), end, end) for start, end in zip([0] + ends[:-1], ends)]
+
+
+def _grow_cache(cfg, cache: dict, length: int) -> dict:
+    """The cache with masked zero slots appended up to `length` slots (same sharding)."""
+    extra = length - cache["mask"].shape[1]
+    pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])  # noqa: E731
+    grown = {"mask": pad(cache["mask"], 1),
+             "layers": [{"k": pad(layer["k"], 3), "v": pad(layer["v"], 2)} for layer in cache["layers"]]}
+    return nn.with_logical_constraint(grown, cache_logical_axes(cfg))
+
+
 def _build(model: Decoder, st: _Static):
     cfg = model.config
     N = st.max_new_tokens
@@ -226,11 +257,13 @@ def _build(model: Decoder, st: _Static):
                                     positions=position[:, None], cache=cache, cache_index=slot)
         return logits[:, 0], cache
 
+    segments = decode_segments(N, st.decode_block)
+
     def run(params, prompt_ids, prompt_mask, key, dyn: _Dynamic):
         B, P = prompt_ids.shape
         ids, mask = _left_align(prompt_ids.astype(jnp.int32), prompt_mask.astype(jnp.int32))
         prompt_lengths = mask.sum(-1)
-        cache = init_cache(cfg, B, P + N, st.cache_dtype)
+        cache = init_cache(cfg, B, P + segments[0][2], st.cache_dtype)
         cache = nn.with_logical_constraint(cache, cache_logical_axes(cfg))
         hidden, cache = model.apply({"params": params}, ids, attention_mask=mask, cache=cache,
                                     cache_index=0, lm_head=False)
@@ -254,18 +287,23 @@ def _build(model: Decoder, st: _Static):
                  jnp.zeros((B,), bool), jnp.full((B, stop_width), -1, jnp.int32))
         token, state = emit(0, logits, state)
 
-        def cond(carry):
-            t, _, _, state = carry
-            return (t < N) & ~jnp.all(state[4])
-
         def body(carry):
             t, token, cache, state = carry
             logits, cache = step_logits(params, token, prompt_lengths + t - 1, cache, P + t - 1)
             token, state = emit(t, logits, state)
             return t + 1, token, cache, state
 
-        _, _, _, state = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, state))
-        tokens, logprobs, sampling, out_mask, _, _ = state
+        # One while loop per segment, each with a cache of static length P + slots: a
+        # step attends over the slots of its segment, not the whole response's. The
+        # cache grows (zero slots, masked) between segments; a segment whose rows have
+        # all stopped runs no step.
+        carry = (jnp.int32(1), token, cache, state)
+        for _, end, slots in segments:
+            if carry[2]["mask"].shape[1] < P + slots:
+                carry = carry[:2] + (_grow_cache(cfg, carry[2], P + slots),) + carry[3:]
+            cond = lambda c, end=end: (c[0] < end) & ~jnp.all(c[3][4])  # noqa: E731
+            carry = jax.lax.while_loop(cond, body, carry)
+        tokens, logprobs, sampling, out_mask, _, _ = carry[3]
         return SampleOutput(tokens, logprobs, sampling, out_mask, out_mask.sum(-1).astype(jnp.int32))
 
     return jax.jit(run)
@@ -291,7 +329,8 @@ def _stop_array(stop_sequences: Sequence[Sequence[int]]) -> Array:
 def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array, key: Array, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              greedy: bool = False, eos_id: int | Sequence[int] | None, pad_id: int,
-             stop_sequences: Sequence[Sequence[int]] = (), cache_dtype=None) -> SampleOutput:
+             stop_sequences: Sequence[Sequence[int]] = (), cache_dtype=None,
+             decode_block: int = DECODE_BLOCK) -> SampleOutput:
     """Samples up to `max_new_tokens` tokens after each prompt.
 
     Args:
@@ -307,9 +346,11 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
       stop_sequences: token-id sequences; a row stops after emitting one (the sequence
         stays in the output and the mask).
       cache_dtype: KV cache dtype (default the model's compute dtype).
+      decode_block: new tokens per decode segment; a step attends over the prompt and
+        the slots up to its segment's end (`decode_segments`). 0 = one segment.
 
-    Compiles once per (model, prompt shape, max_new_tokens, greedy, top_k, top_p on/off,
-    temperature == 1 and no filter, number of EOS ids, stop-sequence array shape);
+    Compiles once per (model, prompt shape, max_new_tokens, decode_block, greedy, top_k,
+    top_p on/off, temperature == 1 and no filter, number of EOS ids, stop-sequence shape);
     temperature, top_p, pad_id and the token ids themselves are traced.
 
     Returns:
@@ -323,6 +364,8 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}.")
     if top_k < 0:
         raise ValueError(f"generate: top_k must be >= 0, got {top_k}.")
+    if decode_block < 0:
+        raise ValueError(f"generate: decode_block must be >= 0, got {decode_block}.")
     vocab = model.config.vocab_size
     top_k = int(top_k) if top_k < vocab else 0
     eos_ids = () if eos_id is None else (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
@@ -330,7 +373,9 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
         max_new_tokens=int(max_new_tokens), greedy=bool(greedy),
         top_k=0 if greedy else top_k, top_p=(not greedy) and top_p < 1.0,
         plain=(not greedy) and temperature == 1.0 and top_p >= 1.0 and not top_k,
-        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name)
+        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
+        # one segment whenever it covers the response: the same program (and cache key)
+        decode_block=int(decode_block) if 0 < decode_block < max_new_tokens else 0)
     dynamic = _Dynamic(jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
                        jnp.int32(pad_id), jnp.asarray(eos_ids, jnp.int32).reshape(-1),
                        _stop_array(stop_sequences))
