@@ -26,7 +26,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.tie_word_embeddings = True
     # Memory knobs of every stage that trains (SFT, reward model, PPO policy and critic).
     m.remat = "none"  # per-layer rematerialisation: none | full | dots | dots_no_batch | offload (jaxstep.models.decoder.remat_policy)
-    m.attention = "einsum"  # attention kernel: einsum (explicit scores) | xla | cudnn (jax.nn.dot_product_attention; cudnn = flash on GPU) (jaxstep.models.attention)
+    m.attention = "einsum"  # attention kernel: einsum (explicit scores) | xla | cudnn (jax.nn.dot_product_attention; cudnn = flash on GPU) | splash (TPU Pallas flash kernel; training and scoring, sampling runs einsum) (jaxstep.models.attention)
     m.logits_chunk = 0  # >0: SFT loss and PPO log-probs run the LM head over this many positions at a time, never building [batch, time, vocab] logits (0 = off)
     return m
 

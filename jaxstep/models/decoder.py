@@ -191,7 +191,9 @@ class Attention(nn.Module):
         if cfg.sliding_window:
             allowed &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
         allowed = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
-        if self.impl == "einsum":
+        if self.impl == "splash" and layer_cache is None:  # TPU flash kernel (training, scoring)
+            out = attention_lib.splash_attention(q, k, v, kv_mask, cfg.sliding_window)
+        elif self.impl in ("einsum", "splash"):  # splash decodes with the cache through einsum
             out = _einsum_attention(qg, k, v, allowed, cached=layer_cache is not None,
                                     dtype=cfg.compute_dtype)
         else:  # jax.nn.dot_product_attention (jaxstep.models.attention)
