@@ -1,7 +1,7 @@
 """Stage sft: supervised fine-tuning of the generator on reference solutions.
 
     python -m jaxstep.main --config=configs/sft.py --workdir=runs/sft         # CPU, ~2-3 min
-    python -m jaxstep.main --config=configs/sft.py:paper --workdir=runs/sft   # Qwen2-1.5B, GSM8K + MATH
+    python -m jaxstep.main --config=configs/sft.py:paper --workdir=runs/sft   # OPT-1.3B (Pan et al.), GSM8K + MATH
 """
 from jaxstep import config_lib
 

@@ -96,13 +96,28 @@ def test_main_job_key_values():
 
 def test_paper_key_values():
     c = get_config("ppo_prm_max", "paper")
-    assert (c.model.hf_path, c.model.dtype, c.mesh.data, c.mesh.fsdp) == ("Qwen/Qwen2-1.5B", "bfloat16", 1, -1)
+    # Pan et al.: an OPT-1.3B generator, DeBERTa-v3-large reward models (300M backbone).
+    assert (c.model.hf_path, c.model.dtype, c.mesh.data, c.mesh.fsdp) == ("facebook/opt-1.3b", "bfloat16", 1, -1)
+    assert (c.rm.backbone, c.rm.init_from, c.ppo.critic_init) == ("deberta", "microsoft/deberta-v3-large", "policy")
     assert (c.data.train_sources, c.data.max_prompt_len, c.data.max_response_len) == ("gsm8k,math", 320, 512)
-    assert (c.ppo.steps, c.ppo.rollout_batch, c.ppo.minibatches, c.ppo.learning_rate) == (500, 128, 4, 1e-6)
+    assert (c.ppo.steps, c.ppo.rollout_batch, c.ppo.minibatches, c.ppo.learning_rate) == (500, 128, 2, 1e-6)
     assert (c.rm.labels, c.rm.steps, c.sft.steps, c.pipeline.eval_limit) == ("montecarlo", 1000, 700, 0)
+    assert (c.model.remat, c.model.attention) == ("full", "splash")  # the plan stage's settings (README)
     sft = get_config("sft", "paper")  # the paper SFT is written once (config_lib.sft_paper)
     assert sft.sft.to_dict() == c.sft.to_dict() and sft.model.hf_path == c.model.hf_path
     assert (sft.data.max_prompt_len, sft.checkpoint.every_steps) == (512, 100)
+
+
+def test_clip_delta_paper_is_the_recipe():
+    """Gao et al.'s setup: a Qwen1.5 policy on GSM8K, BT PRM + BCE ORM, Clip-Delta + ORM,
+    KL 0.1, clip 0.2, 1024 prompts x 8 samples per iteration."""
+    c = get_config("ppo_prm_clip_delta_orm", "paper")
+    p = c.ppo
+    assert (c.model.hf_path, c.data.train_sources, p.train_sources) == ("Qwen/Qwen1.5-1.8B", "gsm8k", "gsm8k")
+    assert (p.scheme, p.outcome_coef, p.kl_coef, p.clip_eps, p.eta) == ("clip_delta", 1.0, 0.1, 0.2, 0.8)
+    assert (p.rollout_batch // p.samples_per_prompt, p.samples_per_prompt) == (1024, 8)
+    assert (c.rm.kind, c.rm.loss, c.rm.backbone, c.model.dtype) == ("prm", "bt", "decoder", "bfloat16")
+    assert (p.rollout_batch // p.minibatches) % p.microbatch_size == 0
 
 
 def test_sweep_is_the_main_job_with_the_longer_prm():

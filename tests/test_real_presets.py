@@ -33,6 +33,7 @@ def preset(stem: str, name: str = "paper"):
 def sizes(c, model: str):
     """The size overrides every stage gets: the tiny model, short rows, few steps."""
     c.model.hf_path = model
+    c.model.attention = "einsum"  # splash is a TPU kernel (interpreted here: test_splash_attention.py)
     c.data.max_prompt_len = 96
     c.data.max_response_len = 24
     c.sampler.batch_size = 8

@@ -8,8 +8,8 @@ one of the file's `PRESETS`. The preset "" (also "cpu") runs on a laptop CPU in 
 on built-in synthetic data; "paper" is the real scale. `jaxstep.main` runs
 `validate(config)` before any stage.
 """
-from jaxstep.config_lib.presets import (PAPER_MODEL, bf16_fsdp, main_job_cpu, main_job_paper,
-                                        ppo_experiment, preset, reward_model_kind, rm_paper, sft_paper,
+from jaxstep.config_lib.presets import (CLIP_DELTA_MODEL, PAPER_MODEL, PAPER_REWARD_MODEL, bf16_fsdp,
+                                        clip_delta_paper, main_job_cpu, main_job_paper, ppo_experiment, preset, reward_model_kind, rm_paper, sft_paper,
                                         synthetic_cpu_lengths, synthetic_prm)
 from jaxstep.config_lib.sections import (DEFAULT_RULES, base_config, checkpoint_config, data_config,
                                          distributed_config, eval_config, mesh_config, model_config,
@@ -20,7 +20,8 @@ from jaxstep.config_lib.validation import (CORRUPTION_KINDS, CRITIC_INITS, KL_ES
                                            SCHEMES, STAGES, comma_list, problems,
                                            trained_reward_models, validate)
 
-__all__ = ["PAPER_MODEL", "bf16_fsdp", "main_job_cpu", "main_job_paper", "ppo_experiment",
+__all__ = ["CLIP_DELTA_MODEL", "PAPER_MODEL", "PAPER_REWARD_MODEL", "bf16_fsdp", "clip_delta_paper",
+           "main_job_cpu", "main_job_paper", "ppo_experiment",
            "preset", "reward_model_kind", "rm_paper", "sft_paper", "synthetic_cpu_lengths",
            "synthetic_prm", "DEFAULT_RULES", "base_config", "checkpoint_config", "data_config",
            "distributed_config", "eval_config", "mesh_config", "model_config", "pipeline_config",

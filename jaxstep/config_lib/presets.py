@@ -11,8 +11,14 @@ from jaxstep.rewards.shaping import reward_model_kind
 
 from jaxstep.config_lib.sections import base_config
 
-# The generator of the paper presets (a hub name or local folder; shapes come from the checkpoint).
-PAPER_MODEL = "Qwen/Qwen2-1.5B"
+# The two reference setups (DESIGN.md), as hub names; a local folder works in their place
+# and the plan stage sizes them from jaxstep.models.shapes.HUB_CONFIGS with no download.
+# Pan et al. 2023 ("Let's Reinforce Step by Step"): the generator of the `paper` presets
+# and its 300M-backbone DeBERTa-v3 reward models.
+PAPER_MODEL = "facebook/opt-1.3b"
+PAPER_REWARD_MODEL = "microsoft/deberta-v3-large"
+# Gao et al. 2024 (the Clip/Delta recipe): a Qwen1.5 policy (configs/ppo_prm_clip_delta_orm.py:paper).
+CLIP_DELTA_MODEL = "Qwen/Qwen1.5-1.8B"
 
 
 def preset(arg: str, presets: Sequence[str], where: str) -> str:
@@ -67,6 +73,12 @@ def sft_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The paper's SFT of PAPER_MODEL on GSM8K + MATH train (configs/sft.py:paper and the
     main job's paper preset)."""
     c.model.hf_path = PAPER_MODEL
+    # Chosen with the plan stage (README): per-layer remat in every stage that trains
+    # (without it the SFT step, 64 x 1024 tokens, does not fit a v5e chip) and TPU splash
+    # attention, which keeps [batch, heads, time, time] scores out of HBM (on GPUs pass
+    # --config.model.attention=cudnn).
+    c.model.remat = "full"
+    c.model.attention = "splash"
     s = c.sft
     s.steps = 700  # ~3 epochs of the 15k GSM8K + MATH train problems
     s.batch_size = 64
@@ -129,10 +141,16 @@ def main_job_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def main_job_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The main job at real scale: PAPER_MODEL fine-tuned on GSM8K + MATH, PPO on a 1:1
-    GSM8K/MATH prompt mix, evals on GSM8K test and MATH500. The reward model is
-    `ppo.reward_model` (an orm/prm stage export, e.g. a PRM on PRM800K or Math-Shepherd
-    labels); left empty, the chain trains one with Monte-Carlo labels."""
+    """The main job at real scale, Pan et al.'s setup: PAPER_MODEL (OPT-1.3B) fine-tuned on
+    GSM8K + MATH, PPO on a 1:1 GSM8K/MATH prompt mix, evals on GSM8K test and MATH500. The
+    reward model is `ppo.reward_model` (an orm/prm stage export, e.g. a PRM on PRM800K, or
+    a public HF reward model); left empty, the chain trains a PAPER_REWARD_MODEL
+    (DeBERTa-v3-large) one with Monte-Carlo labels. The critic starts from the SFT policy
+    (an encoder reward model cannot initialise a decoder critic).
+
+    Memory settings chosen with the plan stage (README, "Plan before you rent a slice"):
+    remat and splash attention (`sft_paper`) and 2 minibatches of 64 responses (8 rows
+    per chip on a v5e-8), so that every program fits 16 GiB chips."""
     bf16_fsdp(c)
     sft_paper(c)
     d = c.data
@@ -144,6 +162,8 @@ def main_job_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.sampler.batch_size = 128
     # Reward model used when ppo.reward_model is empty: Math-Shepherd-style labels.
     r = c.rm
+    r.backbone = "deberta"
+    r.init_from = PAPER_REWARD_MODEL
     r.labels = "montecarlo"
     r.mc_samples = 8
     r.num_problems = 2000
@@ -153,9 +173,10 @@ def main_job_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # PPO (the paper's settings: KL 0.1, clip 0.2, eta 0.8).
     p = c.ppo
     p.train_sources = "gsm8k:0.5,math:0.5"
+    p.critic_init = "policy"
     p.steps = 500
     p.rollout_batch = 128
-    p.minibatches = 4
+    p.minibatches = 2
     p.epochs = 1
     p.learning_rate = 1e-6
     p.critic_learning_rate = 5e-6
@@ -169,6 +190,40 @@ def main_job_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.pipeline.eval_limit = 0  # whole test sets
     c.pipeline.eval_batch_size = 128
     c.checkpoint.every_steps = 50
+    return c
+
+
+def clip_delta_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The Clip/Delta recipe at real scale (Gao et al. 2024), on top of `main_job_paper`:
+    CLIP_DELTA_MODEL (Qwen1.5-1.8B) fine-tuned and trained with PPO on GSM8K; a PRM trained
+    with Bradley-Terry and an ORM with BCE (the chain trains both on Monte-Carlo-labelled
+    samples of the SFT policy, from its backbone); reward = Clip(-Delta) of the PRM step
+    scores + the ORM's score; KL 0.1, PPO clip 0.2, 1024 prompts x 8 samples per
+    iteration (8192 responses, sampled and scored in chunks of sampler.batch_size)."""
+    main_job_paper(c)
+    c.model.hf_path = CLIP_DELTA_MODEL
+    c.data.train_sources = "gsm8k"
+    c.data.eval_sources = "gsm8k,math500"
+    # A 151,936-token vocabulary: log-probs over 128 positions at a time, so the scorer's
+    # chunks (64 rows per chip) never hold [rows, time, vocab] float32 logits.
+    c.model.logits_chunk = 128
+    r = c.rm
+    r.backbone = "decoder"
+    r.init_from = ""  # the SFT policy
+    r.loss = "bt"
+    r.microbatch_size = 16  # 16 pairs (32 rows) per accumulation step
+    p = c.ppo
+    p.train_sources = "gsm8k"
+    p.kl_coef = 0.1
+    p.clip_eps = 0.2
+    p.rollout_batch = 8192
+    p.samples_per_prompt = 8
+    p.minibatches = 16  # 512 responses per optimizer step
+    p.microbatch_size = 64  # gradient accumulation: 8 rows per chip on 8 chips
+    p.steps = 100
+    # Rollouts and scoring in chunks of 256 responses (32 rows per chip on a v5e-8): with
+    # 512 the scorer (policy, reference, critic, PRM, ORM) needs 16.88 GiB per v5e chip.
+    c.sampler.batch_size = 256
     return c
 
 
