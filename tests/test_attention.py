@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attention_helpers import check_forward_and_gradient, model_pair, padded
 from jaxstep import models
 from jaxstep.models import attention as attention_lib
 from jaxstep.models import sampler
@@ -14,49 +15,16 @@ from jaxstep.models.decoder import init_cache
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def _model(**overrides):
-    config = models.tiny(32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=64, **overrides)
-    einsum = models.Decoder(config)
-    params = models.init_params(einsum, jax.random.key(1))
-    # Larger weights than the 0.02 init: attention far from uniform, so a wrong mask shows.
-    params = jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else x, params)
-    return einsum, models.Decoder(config, attention="xla"), params
-
-
-def _padded(side, seed=0):
-    rng = np.random.default_rng(seed)
-    lengths = np.array([7, 3, 5, 1])
-    ids = rng.integers(1, 32, (4, 7)).astype(np.int32)
-    t = np.arange(7)[None]
-    mask = (t >= 7 - lengths[:, None]) if side == "left" else (t < lengths[:, None])
-    return jnp.asarray(np.where(mask, ids, 0)), jnp.asarray(mask.astype(np.int32))
-
-
 @pytest.mark.parametrize("side,overrides", [("left", {}), ("right", {}),
                                             ("left", {"model_type": "llama", "sliding_window": 3}),
                                             ("right", {"model_type": "opt"})])
 def test_forward_and_gradient_equal_einsum(side, overrides):
-    einsum, xla, params = _model(**overrides)
-    ids, mask = _padded(side)
-    want = np.asarray(einsum.apply({"params": params}, ids, mask))
-    got = np.asarray(xla.apply({"params": params}, ids, mask))
-    valid = np.asarray(mask, bool)
-    np.testing.assert_allclose(got[valid], want[valid], **TOL)
-    assert np.abs(want[valid]).max() > 1.0  # not a degenerate near-zero output
-
-    def loss(p, model):
-        logits = model.apply({"params": p}, ids, mask)
-        return jnp.sum(jnp.where(mask[..., None] > 0, jax.nn.log_softmax(logits) * logits, 0.0))
-    g_want = jax.grad(loss)(params, einsum)
-    g_got = jax.grad(loss)(params, xla)
-    for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
+    check_forward_and_gradient("xla", side, overrides, TOL)
 
 
 def test_kv_cache_prefill_and_decode_equal_einsum():
-    einsum, xla, params = _model()
-    ids, mask = _padded("left", seed=3)
+    einsum, xla, params = model_pair("xla")
+    ids, mask = padded("left", seed=3)
     outs = {}
     for name, model in (("einsum", einsum), ("xla", xla)):
         cache = init_cache(model.config, 4, 10)
@@ -75,8 +43,8 @@ def test_kv_cache_prefill_and_decode_equal_einsum():
 
 
 def test_greedy_sampling_equal_einsum():
-    einsum, xla, params = _model()
-    ids, mask = _padded("left", seed=5)
+    einsum, xla, params = model_pair("xla")
+    ids, mask = padded("left", seed=5)
     kw = dict(max_new_tokens=6, greedy=True, eos_id=None, pad_id=0)
     want = sampler.generate(einsum, params, ids, mask, jax.random.key(0), **kw)
     got = sampler.generate(xla, params, ids, mask, jax.random.key(0), **kw)
@@ -87,6 +55,6 @@ def test_greedy_sampling_equal_einsum():
 def test_unknown_attention_is_rejected():
     with pytest.raises(ValueError, match="einsum, xla, cudnn"):
         attention_lib.check_impl("flash")
-    einsum, _, params = _model()
+    einsum, _, params = model_pair("xla")
     with pytest.raises(ValueError, match="unknown implementation 'flash'"):
         models.Decoder(einsum.config, attention="flash").apply({"params": params}, jnp.ones((1, 3), jnp.int32))

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attention_helpers import PAD, left_padded, small_sampler_model
 from jaxstep import models
 from jaxstep.models import sampler
 
-PAD = 0
 
 
 def _chi2_critical(df: int, z: float = 3.09) -> float:
@@ -19,22 +19,10 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
     return df * (1.0 - a + z * np.sqrt(a)) ** 3
 
 
-def _left_padded(vocab, lengths, total, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab, (len(lengths), total)).astype(np.int32)
-    mask = (np.arange(total)[None] >= total - np.asarray(lengths)[:, None]).astype(np.int32)
-    return np.where(mask == 1, ids, PAD).astype(np.int32), mask
-
-
 @pytest.fixture(scope="module")
 def small():
     """A tiny random Qwen2 with a 16-token vocabulary and peaked logits."""
-    config = models.tiny(16, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=64)
-    model = models.Decoder(config)
-    params = models.init_params(model, jax.random.key(0))
-    params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 and x.shape[0] == 16 else x, params)
-    return model, params
+    return small_sampler_model()
 
 
 def _next_logits(model, params, ids, mask):
@@ -59,7 +47,7 @@ def test_greedy_equals_transformers_generate(name):
     hf_model = random_hf_model(name, seed=7, std=0.15)
     model, params = jax_from_hf(hf_model)
     vocab = model.config.vocab_size
-    ids, mask = _left_padded(vocab, [9, 5, 2, 7], 9, seed=8)
+    ids, mask = left_padded(vocab, [9, 5, 2, 7], 9, seed=8)
     new = 12
     eos = 5
     with torch.no_grad():
@@ -82,7 +70,7 @@ def test_greedy_equals_transformers_generate(name):
 def test_first_token_frequencies_match_softmax(small, temperature):
     model, params = small
     n = 4000
-    ids, mask = _left_padded(16, [4], 6, seed=1)
+    ids, mask = left_padded(16, [4], 6, seed=1)
     logits = _next_logits(model, params, ids, mask)[0]
     probs = np.exp(_log_softmax(logits / temperature))
     out = models.generate(model, params, np.repeat(ids, n, 0), np.repeat(mask, n, 0),
@@ -109,7 +97,7 @@ def test_decode_step_frequencies_match_softmax(small):
     """The second token (drawn inside the while loop) given the most common first one."""
     model, params = small
     n = 6000
-    ids, mask = _left_padded(16, [5], 5, seed=2)
+    ids, mask = left_padded(16, [5], 5, seed=2)
     out = models.generate(model, params, np.repeat(ids, n, 0), np.repeat(mask, n, 0),
                           jax.random.key(4), max_new_tokens=2, eos_id=None, pad_id=PAD)
     tokens = np.asarray(out.tokens)
@@ -160,7 +148,7 @@ def _allowed_sets(logits, temperature, top_k, top_p):
 def test_top_k_top_p_never_emit_excluded_tokens(small, top_k, top_p, temperature):
     model, params = small
     n, new = 256, 5
-    ids, mask = _left_padded(16, [3, 6] * (n // 2), 6, seed=5)
+    ids, mask = left_padded(16, [3, 6] * (n // 2), 6, seed=5)
     out = models.generate(model, params, ids, mask, jax.random.key(6), max_new_tokens=new,
                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=None, pad_id=PAD)
     tokens = np.asarray(out.tokens)
@@ -187,7 +175,7 @@ def test_top_k_top_p_never_emit_excluded_tokens(small, top_k, top_p, temperature
 
 def test_same_key_same_samples(small):
     model, params = small
-    ids, mask = _left_padded(16, [2, 5, 4, 6], 6, seed=9)
+    ids, mask = left_padded(16, [2, 5, 4, 6], 6, seed=9)
     kwargs = dict(max_new_tokens=10, top_k=8, eos_id=None, pad_id=PAD)
     a = models.generate(model, params, ids, mask, jax.random.key(11), **kwargs)
     b = models.generate(model, params, ids, mask, jax.random.key(11), **kwargs)
@@ -198,7 +186,7 @@ def test_same_key_same_samples(small):
 
 def test_eos_and_stop_sequences_stop_rows_and_set_the_mask(small):
     model, params = small
-    ids, mask = _left_padded(16, [6, 3, 5], 6, seed=10)
+    ids, mask = left_padded(16, [6, 3, 5], 6, seed=10)
     new = 10
     free = np.asarray(models.generate(model, params, ids, mask, jax.random.key(1),
                                       max_new_tokens=new, eos_id=None, pad_id=PAD).tokens)
@@ -225,7 +213,7 @@ def test_eos_and_stop_sequences_stop_rows_and_set_the_mask(small):
 
 def test_right_padding_equals_left_padding(small):
     model, params = small
-    left_ids, left_mask = _left_padded(16, [6, 2, 4], 6, seed=12)
+    left_ids, left_mask = left_padded(16, [6, 2, 4], 6, seed=12)
     right_ids = np.stack([np.roll(r, -int((m == 0).sum())) for r, m in zip(left_ids, left_mask)])
     right_mask = np.stack([np.roll(m, -int((m == 0).sum())) for m in left_mask])
     kwargs = dict(max_new_tokens=6, eos_id=None, pad_id=PAD)
@@ -241,7 +229,7 @@ def test_batch_sharded_over_a_mesh_gives_the_same_samples(small):
     from jaxstep.parallel import rules as rules_lib
 
     model, params = small
-    ids, mask = _left_padded(16, [6, 2, 4, 5, 1, 3, 6, 2], 6, seed=13)
+    ids, mask = left_padded(16, [6, 2, 4, 5, 1, 3, 6, 2], 6, seed=13)
     kwargs = dict(max_new_tokens=6, temperature=0.9, eos_id=3, pad_id=PAD)
     expected = models.generate(model, params, ids, mask, jax.random.key(5), **kwargs)
     mesh = mesh_lib.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})

@@ -7,30 +7,18 @@ import jax
 import numpy as np
 import pytest
 
+from attention_helpers import PAD, left_padded, small_sampler_model
 from jaxstep import models
 from jaxstep.models import sampler
 
-PAD = 0
 NEW = 12
 BLOCKS = [1, 4, 5]  # 4 divides NEW, 5 does not; 1: an empty first segment, one step per loop
-
-
-def _left_padded(vocab, lengths, total, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab, (len(lengths), total)).astype(np.int32)
-    mask = (np.arange(total)[None] >= total - np.asarray(lengths)[:, None]).astype(np.int32)
-    return np.where(mask == 1, ids, PAD).astype(np.int32), mask
 
 
 @pytest.fixture(scope="module")
 def small():
     """A tiny random Qwen2 with a 16-token vocabulary and peaked logits."""
-    config = models.tiny(16, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=64)
-    model = models.Decoder(config)
-    params = models.init_params(model, jax.random.key(0))
-    params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 and x.shape[0] == 16 else x, params)
-    return model, params
+    return small_sampler_model()
 
 
 def _assert_same(got, expected, logprob_atol=1e-5):
@@ -54,7 +42,7 @@ def test_decode_segments_hand_values():
 def test_one_block_response_reuses_the_unsegmented_program(small):
     """max_new_tokens <= decode_block compiles (and caches) the one-segment program."""
     model, params = small
-    ids, mask = _left_padded(16, [3, 5], 5, seed=1)
+    ids, mask = left_padded(16, [3, 5], 5, seed=1)
     kwargs = dict(max_new_tokens=6, greedy=True, eos_id=None, pad_id=PAD)
     a = models.generate(model, params, ids, mask, jax.random.key(0), decode_block=0, **kwargs)
     before = sampler._compiled.cache_info()
@@ -70,7 +58,7 @@ def test_segments_are_separate_loops_over_growing_caches(small):
     model, params = small
     st = sampler._Static(max_new_tokens=10, greedy=True, top_k=0, top_p=False, plain=False,
                          cache_dtype=None, decode_block=4)
-    ids, mask = _left_padded(16, [3, 5], 5, seed=1)
+    ids, mask = left_padded(16, [3, 5], 5, seed=1)
     dyn = sampler._Dynamic(np.float32(1), np.float32(1), np.int32(PAD), np.zeros((0,), np.int32),
                            np.zeros((0, 0), np.int32))
     jaxpr = jax.make_jaxpr(sampler._build(model, st))(params, ids, mask, jax.random.key(0), dyn)
@@ -85,7 +73,7 @@ def test_segments_are_separate_loops_over_growing_caches(small):
 @pytest.mark.parametrize("block", BLOCKS)
 def test_greedy_equals_unsegmented_with_eos_and_left_padding(small, block):
     model, params = small
-    ids, mask = _left_padded(16, [7, 2, 5, 4, 1, 6], 7, seed=3)
+    ids, mask = left_padded(16, [7, 2, 5, 4, 1, 6], 7, seed=3)
     free = models.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=NEW,
                            greedy=True, eos_id=None, pad_id=PAD, decode_block=0)
     # an EOS that some rows emit at different steps (so rows stop in different segments)
@@ -104,7 +92,7 @@ def test_greedy_equals_unsegmented_with_eos_and_left_padding(small, block):
 
 def test_all_rows_stopped_in_the_first_segment(small):
     model, params = small
-    ids, mask = _left_padded(16, [4, 2, 3], 4, seed=5)
+    ids, mask = left_padded(16, [4, 2, 3], 4, seed=5)
     free = np.asarray(models.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=3,
                                       greedy=True, eos_id=None, pad_id=PAD).tokens)
     eos = [int(t) for t in free[:, 1]]  # every row stops by its second token
@@ -124,7 +112,7 @@ def test_sampling_with_the_same_key_equals_unsegmented(small, settings, block):
     """Masked slots add exact zeros to the softmax, so the logits and hence the samples
     from fold_in(key, step) are the same; only float reassociation could differ."""
     model, params = small
-    ids, mask = _left_padded(16, [6, 2, 5, 3], 6, seed=7)
+    ids, mask = left_padded(16, [6, 2, 5, 3], 6, seed=7)
     kwargs = dict(max_new_tokens=NEW, eos_id=3, pad_id=PAD, **settings)
     expected = models.generate(model, params, ids, mask, jax.random.key(4), decode_block=0, **kwargs)
     got = models.generate(model, params, ids, mask, jax.random.key(4), decode_block=block, **kwargs)
@@ -135,7 +123,7 @@ def test_sampling_with_the_same_key_equals_unsegmented(small, settings, block):
 def test_logprobs_equal_a_no_cache_forward(small):
     """Independent reference: the full forward pass over prompt + response, no cache."""
     model, params = small
-    ids, mask = _left_padded(16, [6, 3, 5], 6, seed=11)
+    ids, mask = left_padded(16, [6, 3, 5], 6, seed=11)
     out = models.generate(model, params, ids, mask, jax.random.key(9), max_new_tokens=NEW,
                           eos_id=None, pad_id=PAD, decode_block=5)
     full_ids = np.concatenate([ids, np.asarray(out.tokens)], 1)
@@ -155,7 +143,7 @@ def test_greedy_equals_transformers_generate_across_segments():
 
     hf_model = random_hf_model("qwen2_tied", seed=7, std=0.15)
     model, params = jax_from_hf(hf_model)
-    ids, mask = _left_padded(model.config.vocab_size, [9, 5, 2, 7], 9, seed=8)
+    ids, mask = left_padded(model.config.vocab_size, [9, 5, 2, 7], 9, seed=8)
     with torch.no_grad():
         expected = hf_model.generate(
             input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
@@ -169,7 +157,7 @@ def test_greedy_equals_transformers_generate_across_segments():
 
 def test_negative_decode_block_is_an_error(small):
     model, params = small
-    ids, mask = _left_padded(16, [2], 2)
+    ids, mask = left_padded(16, [2], 2)
     with pytest.raises(ValueError, match="decode_block"):
         models.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=4,
                         eos_id=None, pad_id=PAD, decode_block=-1)
@@ -182,7 +170,7 @@ def test_segments_under_a_two_device_mesh(small):
     from jaxstep.parallel import rules as rules_lib
 
     model, params = small
-    ids, mask = _left_padded(16, [6, 2, 4, 5], 6, seed=13)
+    ids, mask = left_padded(16, [6, 2, 4, 5], 6, seed=13)
     kwargs = dict(max_new_tokens=NEW, temperature=0.9, eos_id=3, pad_id=PAD)
     expected = models.generate(model, params, ids, mask, jax.random.key(5), decode_block=0, **kwargs)
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:2])

@@ -7,30 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attention_helpers import check_forward_and_gradient, model_pair, padded
 from jaxstep import models
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import rules as rules_lib
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def _model(**overrides):
-    config = models.tiny(32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=64, **overrides)
-    einsum = models.Decoder(config)
-    params = models.init_params(einsum, jax.random.key(1))
-    # Larger weights than the 0.02 init: attention far from uniform, so a wrong mask shows.
-    params = jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else x, params)
-    return einsum, models.Decoder(config, attention="splash"), params
-
-
-def _padded(side, seed=0, length=7):
-    rng = np.random.default_rng(seed)
-    lengths = np.array([length, 3, 5, 1])
-    ids = rng.integers(1, 32, (4, length)).astype(np.int32)
-    t = np.arange(length)[None]
-    mask = (t >= length - lengths[:, None]) if side == "left" else (t < lengths[:, None])
-    return jnp.asarray(np.where(mask, ids, 0)), jnp.asarray(mask.astype(np.int32))
 
 
 # The Pallas interpreter is slow on a CPU: one case in the fast suite, the rest slow.
@@ -40,28 +22,14 @@ def _padded(side, seed=0, length=7):
     pytest.param("left", {"model_type": "llama", "sliding_window": 3}, marks=pytest.mark.slow),
     pytest.param("right", {"model_type": "opt"}, marks=pytest.mark.slow)])
 def test_forward_and_gradient_equal_einsum(side, overrides):
-    einsum, splash, params = _model(**overrides)
-    ids, mask = _padded(side)
-    want = np.asarray(einsum.apply({"params": params}, ids, mask))
-    got = np.asarray(splash.apply({"params": params}, ids, mask))
-    valid = np.asarray(mask, bool)
-    np.testing.assert_allclose(got[valid], want[valid], **TOL)
-    assert np.abs(want[valid]).max() > 1.0  # not a degenerate near-zero output
-
-    def loss(p, model):
-        logits = model.apply({"params": p}, ids, mask)
-        return jnp.sum(jnp.where(mask[..., None] > 0, jax.nn.log_softmax(logits) * logits, 0.0))
-    g_want = jax.grad(loss)(params, einsum)
-    g_got = jax.grad(loss)(params, splash)
-    for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
+    check_forward_and_gradient("splash", side, overrides, TOL)
 
 
 def test_a_longer_row_than_one_block_and_a_mesh():
     """130 tokens (two 128-token blocks after padding) on a 2x2x2 mesh: batch over
     (data, fsdp), heads over tensor inside shard_map; equal to einsum on one device."""
-    einsum, splash, params = _model()
-    ids, mask = _padded("left", seed=2, length=130)
+    einsum, splash, params = model_pair("splash")
+    ids, mask = padded("left", seed=2, length=130)
     want = np.asarray(jax.jit(lambda p: einsum.apply({"params": p}, ids, mask))(params))
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     rules = rules_lib.DEFAULT_RULES
@@ -75,8 +43,8 @@ def test_a_longer_row_than_one_block_and_a_mesh():
 
 def test_sampling_with_splash_equals_einsum():
     """The sampler's prefill and decode run einsum under a splash model: same tokens."""
-    einsum, splash, params = _model()
-    ids, mask = _padded("left", seed=3)
+    einsum, splash, params = model_pair("splash")
+    ids, mask = padded("left", seed=3)
     run = lambda m: models.generate(m, params, ids, mask, jax.random.key(0), max_new_tokens=5,  # noqa: E731
                                     greedy=True, eos_id=None, pad_id=0)
     a, b = run(einsum), run(splash)
