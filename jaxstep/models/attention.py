@@ -81,6 +81,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, token_mask: jax.A
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+    from jaxstep.parallel import rules as rules_lib
+
     B, T, H, D = q.shape
     groups = H // k.shape[2]
     if groups > 1:  # GQA: query head h reads kv head h // groups (transformers' repeat_kv)
@@ -117,18 +119,10 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, token_mask: jax.A
         import flax.linen as nn
         from jax.sharding import PartitionSpec as P
         batch, heads = nn.logical_to_mesh_axes(("batch", "heads"))
-        if heads is not None and H % _mesh_size(mesh, heads):
+        if H % rules_lib.axes_size(mesh, heads):
             heads = None
         spec = P(batch, heads, None, None)
         attend = jax.shard_map(attend, in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec,
                                check_vma=False)
     out = attend(q, k, v, segments)
     return jnp.transpose(out, (0, 2, 1, 3))[:, :T]
-
-
-def _mesh_size(mesh, axes) -> int:
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    size = 1
-    for a in axes:
-        size *= mesh.shape[a]
-    return size

@@ -56,7 +56,8 @@ def normalize_rules(rules: Any = None) -> Rules:
     return tuple(out)
 
 
-def _axes_size(mesh: Mesh, axes) -> int:
+def axes_size(mesh: Mesh, axes) -> int:
+    """Devices along mesh `axes` (a name, a tuple of names, or None = 1)."""
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
@@ -76,7 +77,7 @@ def logical_to_mesh_spec(logical: PartitionSpec, mesh: Mesh, rules: Any = None,
             else None for a in spec]
     if shape is not None:
         for i, axes in enumerate(spec):
-            if axes is not None and shape[i] % _axes_size(mesh, axes):
+            if axes is not None and shape[i] % axes_size(mesh, axes):
                 log.debug("replicating dim %d of %s (size %d not divisible by %s)", i,
                           logical, shape[i], axes)
                 spec[i] = None
@@ -114,7 +115,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
     Raises ValueError naming the leaf when its batch size is not divisible.
     """
-    ways = _axes_size(mesh, tuple(a for a in BATCH_AXES if a in mesh.shape))
+    ways = axes_size(mesh, tuple(a for a in BATCH_AXES if a in mesh.shape))
 
     def place(path, x):
         if getattr(x, "ndim", 0) == 0:
