@@ -87,7 +87,8 @@ class Generated:
 def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key: jax.Array, *,
                    max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, mesh: jax.sharding.Mesh,
                    rules=None, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0, with_logprobs: bool = False) -> Generated:
+                   top_p: float = 1.0, with_logprobs: bool = False,
+                   decode_block: int = sampler.DECODE_BLOCK) -> Generated:
     """One batch through the KV-cache sampler: shard the prompts over the mesh's data
     axes, generate, gather to the host.
 
@@ -104,7 +105,7 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
         out = sampler.generate(
             model, params, inputs["ids"], inputs["mask"], key, max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, eos_id=eos_ids,
-            pad_id=pad_id)
+            pad_id=pad_id, decode_block=decode_block)
     arrays = (out.tokens, out.lengths) + ((out.logprobs, out.sampling_logprobs) if with_logprobs else ())
     return Generated(*(np.asarray(x) for x in to_host(arrays)))
 
@@ -169,7 +170,8 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
                     top_p: float = 1.0, num_samples: int = 1, key: jax.Array | None = None,
                     mesh: jax.sharding.Mesh | None = None, rules=None, progress: bool = True,
                     desc: str = "decode", prefixes: Sequence[str] | None = None,
-                    template: str = formatting.PROMPT_TEMPLATE) -> list[Decoded]:
+                    template: str = formatting.PROMPT_TEMPLATE,
+                    decode_block: int = sampler.DECODE_BLOCK) -> list[Decoded]:
     """Generates `num_samples` responses per problem with the KV-cache sampler and grades them.
 
     Prompts are left-padded to `max_prompt_len` and decoded `batch_size` at a time
@@ -227,7 +229,7 @@ def decode_problems(model, params, tokenizer, problems: Sequence[Problem], *,
         out = generate_batch(model, params, prompt_ids, prompt_mask, jax.random.fold_in(key, i),
                              max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=ids["pad"],
                              mesh=mesh, rules=rules, greedy=greedy, temperature=temperature,
-                             top_k=top_k, top_p=top_p)
+                             top_k=top_k, top_p=top_p, decode_block=decode_block)
         for (problem, sample, prefix), row, length, cut in zip(chunk, out.tokens, out.lengths,
                                                                encoded["truncated"]):
             response = [int(t) for t in row[:int(length)]]

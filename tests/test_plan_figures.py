@@ -4,6 +4,7 @@ values from each architecture's layer arithmetic."""
 from jaxstep import models
 from jaxstep.models.config import tiny
 from jaxstep.models.shapes import count_params
+from jaxstep.reports import plan as plan_report
 from jaxstep.reports.plan import matmul_params
 
 V, H, L, F = 256, 128, 4, 344  # vocab, hidden, layers, MLP width
@@ -80,3 +81,16 @@ def test_model_flops_by_hand():
     again = 2 * n + att + 2 * (n - 256 * 128) + att  # remat's second forward of both models
     assert model_flops(c, "update", info, chips=2, recompute=True) == 8 * 100 * 2 / 2 * (policy + critic + again)
     assert model_flops(c, "scorer", info, chips=2) is None
+
+
+def _plan(peak_flops):
+    return dict(topology="v5e-8", chips=8, hbm_bytes=16 << 30, peak_flops=peak_flops, mesh={"fsdp": 8},
+                remat="full", logits_chunk=0, programs={}, run={})
+
+
+def test_markdown_without_run_estimates_says_why():
+    # A plan of the sampler alone on a topology with a published peak has per-program
+    # rooflines but no PPO iteration: it must not claim the peak is unknown.
+    assert "no published peak" not in plan_report.markdown(_plan(197e12))
+    assert "sampler, scorer and update" in plan_report.markdown(_plan(197e12))
+    assert "no published peak" in plan_report.markdown(_plan(None))

@@ -181,3 +181,31 @@ def test_segments_under_a_two_device_mesh(small):
                               decode_block=5, **kwargs)
     assert got.tokens.sharding.spec[0] in ("data", ("data", "fsdp"))
     _assert_same(got, expected)
+
+
+def test_decode_block_config_reaches_the_sampler(small, monkeypatch):
+    """`sampler.decode_block` travels from the config through the PPO stage's settings and
+    `generation.generate_chunked` into `generate` (the segments the stages decode with);
+    a negative value is a config error."""
+    from jaxstep import config_lib, generation
+    from jaxstep.parallel import mesh as mesh_lib
+    from jaxstep.stages import ppo as ppo_stage
+
+    config = config_lib.base_config("t", "ppo")
+    assert config.sampler.decode_block == sampler.DECODE_BLOCK
+    config.sampler.decode_block = 5
+    settings = ppo_stage.sample_settings(config)
+    assert settings.decode_block == 5
+    seen = []
+    real = sampler.generate
+    monkeypatch.setattr(sampler, "generate", lambda *a, **kw: seen.append(kw["decode_block"]) or real(*a, **kw))
+    model, params = small
+    mesh = mesh_lib.make_mesh()
+    rows = 2 * mesh.size  # two chunks of one row per device
+    ids, mask = left_padded(model.config.vocab_size, [2 + i % 4 for i in range(rows)], 6)
+    out = generation.generate_chunked(model, params, np.asarray(ids), np.asarray(mask), jax.random.key(0),
+                                      chunk_size=mesh.size, mesh=mesh, max_new_tokens=NEW,
+                                      eos_ids=(), pad_id=PAD, greedy=True, decode_block=settings.decode_block)
+    assert seen == [5, 5] and out.tokens.shape == (rows, NEW)
+    config.sampler.decode_block = -1
+    assert "sampler.decode_block" in "\n".join(config_lib.validation.problems(config))

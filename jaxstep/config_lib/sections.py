@@ -81,6 +81,7 @@ def sampler_config() -> ml_collections.ConfigDict:
     s.top_k = 0  # 0 = off
     s.top_p = 1.0  # 1.0 = off
     s.batch_size = 64  # prompts decoded at once
+    s.decode_block = 128  # new tokens per decode segment (jaxstep.models.sampler.decode_segments); 0 = one loop over the whole cache
     return s
 
 

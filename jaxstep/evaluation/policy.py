@@ -14,6 +14,7 @@ import numpy as np
 from jaxstep import generation, paths
 from jaxstep.data import Problem, formatting, grading, sources
 from jaxstep.data.problem import Records
+from jaxstep.models.sampler import DECODE_BLOCK
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.evaluation.stats import accuracy_by
 from jaxstep.evaluation import hacking
@@ -144,7 +145,8 @@ def evaluate_model(config, model, params, tokenizer, *, mesh=None, key=None,
         rows.skipped += sources.skipped_count(problems)
         decode = dict(max_prompt_len=config.data.max_prompt_len, max_new_tokens=e.max_new_tokens,
                       batch_size=e.batch_size, mesh=mesh, rules=config.mesh.rules, progress=progress,
-                      template=formatting.config_template(config))
+                      template=formatting.config_template(config),
+                      decode_block=config.sampler.get("decode_block", DECODE_BLOCK))
         greedy = generation.decode_problems(model, params, tokenizer, problems, greedy=True,
                                         desc=f"eval {source}", **decode)
         sampled: list[generation.Decoded] = []
@@ -172,7 +174,7 @@ def greedy_eval(model, params, tokenizer, problems: Sequence[Problem], config, m
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=config.sampler.batch_size,
         mesh=mesh, rules=config.mesh.rules, greedy=True, progress=False, desc=desc,
-        template=formatting.config_template(config))
+        template=formatting.config_template(config), decode_block=config.sampler.get("decode_block", DECODE_BLOCK))
     if not detailed:
         return {"eval_accuracy": float(np.mean([r.correct for r in results])),
                 "eval_has_answer": float(np.mean([r.answer is not None for r in results]))}

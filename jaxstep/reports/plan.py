@@ -223,7 +223,9 @@ def markdown(plan: dict) -> str:
         if f"{stage}_seconds_per_step" in run:
             lines.append(f"- {stage} step: {run[f'{stage}_seconds_per_step']:.3g} s")
     if not run:
-        lines.append("- none (no published peak FLOP/s for this topology)")
+        lines.append("- none (no published peak FLOP/s for this topology)" if plan["peak_flops"] is None else
+                     "- per program only (the roofline column); the PPO iteration needs the sampler, "
+                     "scorer and update programs in one plan")
     for name, r in plan["programs"].items():
         if r.get("error"):
             lines += ["", f"## {name}: does not fit", "", "```", r["error"][:1500], "```"]

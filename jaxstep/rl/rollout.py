@@ -28,6 +28,7 @@ from jaxstep.data import batching, formatting, step_offsets
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.models import hf_reward
+from jaxstep.models.sampler import DECODE_BLOCK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SampleSettings:
     max_steps: S, step slots per response (steps past S get no reward and no score).
     temperature, top_k, top_p: sampling (`jaxstep.models.sampler.generate`).
     delimiter: the step delimiter.
+    decode_block: new tokens per decode segment (`jaxstep.models.sampler.generate`).
     template: the prompt template (`formatting.config_template(config)`).
     """
     max_prompt_len: int
@@ -49,6 +51,7 @@ class SampleSettings:
     top_p: float = 1.0
     delimiter: str = "\n"
     template: str = formatting.PROMPT_TEMPLATE
+    decode_block: int = DECODE_BLOCK
 
 
 @dataclasses.dataclass
@@ -106,7 +109,7 @@ def sample(model, params, tokenizer, problems: Sequence[Problem], key: jax.Array
         model, params, prompt_ids, prompt_mask, key, chunk_size=chunk_size,
         max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, pad_id=ids_of["pad"], mesh=mesh,
         rules=rules, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-        with_logprobs=True)
+        with_logprobs=True, decode_block=settings.decode_block)
     # Log-probs under softmax(logits / temperature), what the update's ratio uses (with
     # top-k/top-p the stage recomputes them instead).
     plain = settings.top_k == 0 and settings.top_p >= 1.0

@@ -26,6 +26,7 @@ from jaxstep.rm import labels as labels_lib
 from jaxstep.rm import montecarlo
 from jaxstep.models import build as model_build
 from jaxstep.models.reward_io import KINDS
+from jaxstep.models.sampler import DECODE_BLOCK
 from jaxstep.parallel import placement
 from jaxstep.rewards.losses import LOSSES
 from jaxstep.data import step_checks
@@ -92,7 +93,8 @@ def _sample(config, generator, problems: Sequence[Problem], num_samples: int, ke
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=greedy,
         temperature=temperature or s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
-        key=key, mesh=mesh, desc=desc, template=formatting.config_template(config))
+        key=key, mesh=mesh, desc=desc, template=formatting.config_template(config),
+        decode_block=s.get("decode_block", DECODE_BLOCK))
 
 
 def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
@@ -106,7 +108,8 @@ def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
             max_prompt_len=config.data.max_prompt_len + config.data.max_response_len,
             max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=False,
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
-            key=key, mesh=mesh, progress=False, template=formatting.config_template(config))
+            key=key, mesh=mesh, progress=False, template=formatting.config_template(config),
+            decode_block=s.get("decode_block", DECODE_BLOCK))
         return [r.text for r in results]
 
     return complete
