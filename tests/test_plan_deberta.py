@@ -111,6 +111,24 @@ def test_plan_scorer_with_a_deberta_prm_and_orm(tmp_path, folders, bucket):
     assert info["rm_length"] == 32
 
 
+def test_plan_sizes_reward_models_in_a_bucket(tmp_path, folders, bucket):
+    """Reward-model exports in gs:// are sized as the local ones (config.json and
+    reward_model.json read through jaxstep.paths)."""
+    import shutil
+    for kind in ("prm", "orm"):
+        shutil.copytree(folders[kind], tmp_path / "gcs" / "bucket" / "rms" / kind)
+    local = _experiment("clip_delta", ppo__reward_model=folders["prm"], ppo__outcome_coef=1.0,
+                        ppo__outcome_reward_model=folders["orm"], plan__programs="scorer")
+    remote = _experiment("clip_delta", ppo__reward_model="gs://bucket/rms/prm", ppo__outcome_coef=1.0,
+                         ppo__outcome_reward_model="gs://bucket/rms/orm", plan__programs="scorer")
+    a = plan.run(local, str(tmp_path / "a"))["programs"]["scorer"]
+    b = plan.run(remote, str(tmp_path / "b"))["programs"]["scorer"]
+    assert b["fits"] and b["error"] is None
+    for key in ("params", "rm_params", "orm_params", "rm_length"):
+        assert b["info"][key] == a["info"][key], key
+    assert b["info"]["rm_model"] == "gs://bucket/rms/prm"
+
+
 @pytest.mark.parametrize("reward", ["prm", "orm"])
 def test_plan_scorer_with_one_deberta_reward_model(tmp_path, folders, reward):
     c = _experiment("prm_max" if reward == "prm" else "orm", ppo__reward_model=folders[reward],

@@ -14,11 +14,11 @@ on it (`jaxstep.models.deberta_heads`).
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 
+from jaxstep import paths
 from jaxstep.models import deberta_heads
 from jaxstep.models.config import ModelConfig, tiny
 from jaxstep.models.deberta import MODEL_TYPE as DEBERTA_TYPE
@@ -64,10 +64,9 @@ HUB_CONFIGS = {
 def hf_config(path: str) -> tuple[dict, str]:
     """`(config.json dict, its source)` of `path`: a local folder's config.json (always
     wins), else the `HUB_CONFIGS` entry. Raises ValueError naming both for anything else."""
-    file = os.path.join(path, "config.json")
-    if os.path.isfile(file):
-        with open(file, encoding="utf-8") as f:
-            return json.load(f), file
+    file = paths.join(path, "config.json")
+    if paths.isfile(file):  # a local folder or a bucket (gs://...)
+        return json.loads(paths.read_text(file)), file
     if path in HUB_CONFIGS:
         return dict(HUB_CONFIGS[path]), f"jaxstep.models.shapes.HUB_CONFIGS[{path!r}]"
     raise ValueError(f"plan: no shapes for {path!r}: give a local folder with config.json or one "

@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 
 import jax
@@ -295,10 +294,9 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
 def _rm_boundary_ids(config, rm_kind: str) -> tuple[int, ...]:
     """A stand-in for the PRM's likelihood-feature ids (their count does not change the
     program's size): from ppo.reward_model's reward_model.json, else the rm section."""
-    path = os.path.join(config.ppo.reward_model, "reward_model.json") if config.ppo.reward_model else ""
-    if path and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return tuple(json.load(f).get("likelihood_boundary_ids") or ())
+    path = paths_lib.join(config.ppo.reward_model, "reward_model.json") if config.ppo.reward_model else ""
+    if path and paths_lib.isfile(path):  # a local folder or a bucket (gs://...)
+        return tuple(json.loads(paths_lib.read_text(path)).get("likelihood_boundary_ids") or ())
     return (1,) if rm_kind == "prm" and config.rm.likelihood_feature else ()
 
 
