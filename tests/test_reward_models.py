@@ -153,6 +153,28 @@ def test_scoring_gathers_step_ends_with_an_offset_and_the_last_token(tokenizer):
     assert scoring.last_token_index(mask).tolist() == [9, 7]
 
 
+def test_score_records_fixes_the_step_axis_and_keeps_the_scores(tokenizer, monkeypatch):
+    """PRM scoring of records with 1 to 9 steps in two batches (the second at most 5 steps):
+    every batch has the same step axis (`step_slots`: 12), so the scorer compiles once per
+    length bucket; a record's scores equal those of scoring it alone."""
+    decoder, params = _tiny(tokenizer)
+    model, rm_params, _ = reward_io.reward_model_from_generator(decoder, params, jax.random.key(3))
+    problem = Problem("What is 2 + 3?", ("2 + 3 = 5",), "5", "synthetic", 1, "chain", "t/1")
+    records = [labels_lib.StepLabels(problem, tuple(f"step {j}: {j} + 1 = {j + 1}" for j in range(n)),
+                                     (1.0,) * n, True)
+               for n in (1, 9, 2, 3, 1, 2, 3, 4, 2, 5, 1, 3, 2, 4, 1, 5)]
+    shapes = []
+    real = rm_eval.placement.shard_batch
+    monkeypatch.setattr(rm_eval.placement, "shard_batch",
+                        lambda batch, mesh: shapes.append(batch["ends"].shape) or real(batch, mesh))
+    together = rm_eval.score_records(model, rm_params, "prm", records, tokenizer, max_len=128, batch_size=8)
+    assert len(shapes) == 2 and {s[1] for s in shapes} == {rm_encoding.step_slots(records)} == {12}
+    for record, scores in [(records[i], together[i]) for i in (0, 1, 9)]:
+        alone = rm_eval.score_records(model, rm_params, "prm", [record], tokenizer, max_len=128, batch_size=8)[0]
+        assert scores.shape == (len(record.steps),) and not np.isnan(scores).any()
+        np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- export
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -36,7 +36,7 @@ from jaxstep.rewards import aggregate as aggregate_lib
 from jaxstep.rewards import scoring
 from jaxstep.parallel import placement
 from jaxstep.parallel import mesh as mesh_lib
-from jaxstep.rm.encoding import encode_labeled
+from jaxstep.rm.encoding import encode_labeled, step_slots
 
 PRM_AGGREGATIONS = ("min", "prod", "avg", "max", "last")
 
@@ -166,6 +166,9 @@ def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max
 
     Returns one array per record: PRM `[num_steps]` step scores (NaN for steps cut off
     by `max_len` or a misaligned row), ORM `[1]` the outcome score.
+
+    A PRM's step axis is fixed for the whole call (`step_slots(records)`), so the jitted
+    scorer compiles once per length bucket, not once per step count.
     """
 
     if not records:
@@ -176,6 +179,7 @@ def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max
     params = placement.place_on_mesh(params, mesh)
     scorer = placement.jit_step(lambda p, ids, mask, ends, smask: scoring.score(
         model, p, kind, ids, mask, step_ends=ends, step_mask=smask), mesh, donate_argnums=())
+    max_steps = step_slots(records) if kind == "prm" else None
     out: list[np.ndarray] = []
     bar = tqdm(total=len(records), desc=desc, unit="sol", dynamic_ncols=True,
                disable=not placement.is_main_process())
@@ -183,7 +187,8 @@ def score_records(model, params, kind: str, records: Sequence, tokenizer, *, max
         chunk = list(records[start:start + batch_size])
         pad = batch_size - len(chunk)
         enc = encode_labeled(chunk + chunk[:1] * pad, tokenizer, max_len, kind=kind, delimiter=delimiter,
-                             template=template, step_positions=getattr(model, "step_positions", "delimiter"))
+                             template=template, step_positions=getattr(model, "step_positions", "delimiter"),
+                             max_steps=max_steps)
         batch = placement.shard_batch({"ids": enc["ids"], "mask": enc["mask"], "ends": enc["step_ends"],
                                     "smask": enc["step_mask"]}, mesh)
         scores = np.asarray(placement.to_host(scorer(params, batch["ids"], batch["mask"], batch["ends"],
