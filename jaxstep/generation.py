@@ -96,7 +96,8 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
       prompt_ids, prompt_mask: `[batch, prompt_len]` numpy, the same on every process
         (each feeds its rows); `batch` must divide over the data axes.
       key: the sampling key of this batch.
-      with_logprobs: also gather the sampler's log-probs to the host (PPO rollouts).
+      with_logprobs: compute the log-probs and gather them to the host (PPO rollouts);
+        without, the sampler skips them (`sampler.generate(with_logprobs=False)`).
       the rest: `jaxstep.models.sampler.generate`.
     """
     local = distributed.process_shard(np.arange(prompt_ids.shape[0]))
@@ -105,7 +106,7 @@ def generate_batch(model, params, prompt_ids: np.ndarray, prompt_mask: np.ndarra
         out = sampler.generate(
             model, params, inputs["ids"], inputs["mask"], key, max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, eos_id=eos_ids,
-            pad_id=pad_id, decode_block=decode_block)
+            pad_id=pad_id, decode_block=decode_block, with_logprobs=with_logprobs)
     arrays = (out.tokens, out.lengths) + ((out.logprobs, out.sampling_logprobs) if with_logprobs else ())
     return Generated(*(np.asarray(x) for x in to_host(arrays)))
 

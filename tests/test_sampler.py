@@ -240,3 +240,20 @@ def test_batch_sharded_over_a_mesh_gives_the_same_samples(small):
     assert got.tokens.sharding.spec[0] == ("data", "fsdp")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
                  got, expected)
+
+
+@pytest.mark.parametrize("settings", [dict(greedy=True), dict(temperature=0.7, top_k=5, top_p=0.9),
+                                      dict(temperature=1.0)])
+def test_without_logprobs_same_tokens(small, settings):
+    """`with_logprobs=False` samples the same tokens with the same key; the raw log-probs
+    are 0, except on plain sampling, where they come free with the sample and are kept."""
+    model, params = small
+    ids, mask = left_padded(model.config.vocab_size, [3, 5, 2, 4], 6)
+    kwargs = dict(max_new_tokens=7, eos_id=3, pad_id=PAD, **settings)
+    full = models.generate(model, params, ids, mask, jax.random.key(4), **kwargs)
+    lean = models.generate(model, params, ids, mask, jax.random.key(4), with_logprobs=False, **kwargs)
+    for field in ("tokens", "mask", "lengths", "sampling_logprobs"):
+        np.testing.assert_array_equal(np.asarray(getattr(lean, field)), np.asarray(getattr(full, field)))
+    assert np.abs(np.asarray(full.logprobs)).sum() > 0
+    plain = settings == dict(temperature=1.0)
+    np.testing.assert_array_equal(np.asarray(lean.logprobs), np.asarray(full.logprobs) if plain else 0.0)

@@ -55,7 +55,8 @@ class SampleOutput(NamedTuple):
     tokens: `[batch, new]` int32; `pad_id` after a row stops.
     logprobs: `[batch, new]` float32 log-prob of each token under the model's own
       distribution (temperature 1, no top-k/top-p): what PPO's ratio and KL use. 0 on
-      padding.
+      padding, and 0 everywhere with `generate(..., with_logprobs=False)` except on
+      plain sampling (temperature 1, no filter), where it costs nothing.
     sampling_logprobs: `[batch, new]` float32 log-prob under the distribution actually
       sampled from (after temperature, top-k, top-p); 0 for greedy and on padding.
     mask: `[batch, new]` int32, 1 on generated tokens up to and including EOS or the
@@ -160,6 +161,7 @@ class _Static(NamedTuple):
     plain: bool  # temperature 1, no filters: the sampling log-prob is the raw one
     cache_dtype: str | None
     decode_block: int = 0  # new tokens per decode segment (0 or >= max_new_tokens: one segment)
+    logprobs: bool = True  # compute the raw log-probs (a log-sum-exp over the vocabulary per step)
 
 
 class _Dynamic(NamedTuple):
@@ -173,11 +175,14 @@ class _Dynamic(NamedTuple):
 
 
 def _choose(logits: Array, key: Array, st: _Static, dyn: _Dynamic) -> tuple[Array, Array, Array]:
-    """(token, raw log-prob, sampling log-prob), each `[B]`, from logits `[B, V]` f32."""
-    raw_lse = jax.nn.logsumexp(logits, -1)
+    """(token, raw log-prob, sampling log-prob), each `[B]`, from logits `[B, V]` f32.
+    Without `st.logprobs` the raw log-prob is 0 and its log-sum-exp is not computed (on
+    plain sampling it comes free with the sample)."""
 
     def raw_logprob(token):
-        return jnp.take_along_axis(logits, token[:, None], 1)[:, 0] - raw_lse
+        if not st.logprobs:
+            return jnp.zeros(token.shape, jnp.float32)
+        return jnp.take_along_axis(logits, token[:, None], 1)[:, 0] - jax.nn.logsumexp(logits, -1)
 
     if st.greedy:
         token = greedy_argmax(logits)
@@ -330,7 +335,7 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
              max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              greedy: bool = False, eos_id: int | Sequence[int] | None, pad_id: int,
              stop_sequences: Sequence[Sequence[int]] = (), cache_dtype=None,
-             decode_block: int = DECODE_BLOCK) -> SampleOutput:
+             decode_block: int = DECODE_BLOCK, with_logprobs: bool = True) -> SampleOutput:
     """Samples up to `max_new_tokens` tokens after each prompt.
 
     Args:
@@ -348,8 +353,10 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
       cache_dtype: KV cache dtype (default the model's compute dtype).
       decode_block: new tokens per decode segment; a step attends over the prompt and
         the slots up to its segment's end (`decode_segments`). 0 = one segment.
+      with_logprobs: compute `logprobs` (False: tokens only, e.g. greedy evals; saves a
+        log-sum-exp over the vocabulary per step).
 
-    Compiles once per (model, prompt shape, max_new_tokens, decode_block, greedy, top_k,
+    Compiles once per (model, prompt shape, max_new_tokens, decode_block, with_logprobs, greedy, top_k,
     top_p on/off, temperature == 1 and no filter, number of EOS ids, stop-sequence shape);
     temperature, top_p, pad_id and the token ids themselves are traced.
 
@@ -375,7 +382,8 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
         plain=(not greedy) and temperature == 1.0 and top_p >= 1.0 and not top_k,
         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
         # one segment whenever it covers the response: the same program (and cache key)
-        decode_block=int(decode_block) if 0 < decode_block < max_new_tokens else 0)
+        decode_block=int(decode_block) if 0 < decode_block < max_new_tokens else 0,
+        logprobs=bool(with_logprobs))
     dynamic = _Dynamic(jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
                        jnp.int32(pad_id), jnp.asarray(eos_ids, jnp.int32).reshape(-1),
                        _stop_array(stop_sequences))
