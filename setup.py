@@ -37,6 +37,10 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]==0.10.2", "gcsfs==2026.10.1"],
     "gcs": ["gcsfs==2026.10.1"],
     "gpu": ["jax[cuda12]==0.10.2"],
+    # The CUDA PJRT plugin alone (about 180 MB, no CUDA libraries): the plan stage compiles
+    # for h100-N / h200-N GPUs on any machine (jaxstep.parallel.gpu_targets;
+    # tests/test_plan_gpu.py skips without it and fails with CI=true).
+    "gpu-plan": ["jax-cuda12-plugin==0.10.2"],
     "tfds": ["tensorflow-datasets==4.9.10", "array-record"],
 }
 

@@ -46,6 +46,17 @@ def tpu():
 
 
 @pytest.fixture(scope="module")
+def cuda_plugin():
+    """The CUDA PJRT plugin (the `[gpu-plan]` extra): skip without it, fail under CI."""
+    from jaxstep.parallel import gpu_targets  # noqa: PLC0415 (only the GPU plan tests need it)
+    if not gpu_targets.plugin_available():
+        msg = 'the CUDA PJRT plugin is not installed (pip install -e ".[gpu-plan]")'
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for one test module (`pytestmark =
     pytest.mark.usefixtures("compilation_cache")`): a resumed stage run (a new process

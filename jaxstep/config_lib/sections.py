@@ -275,10 +275,11 @@ def sweep_config() -> ml_collections.ConfigDict:
 
 
 def plan_config() -> ml_collections.ConfigDict:
-    """Stage plan: compile the experiment's programs ahead of time for a TPU slice (or
-    cpu-N) from abstract shapes and report per-chip memory, fits-in-HBM and FLOPs."""
+    """Stage plan: compile the experiment's programs ahead of time for a TPU slice, NVIDIA
+    GPUs (or cpu-N) from abstract shapes and report per-chip memory, fits-in-HBM and FLOPs."""
     p = ml_collections.ConfigDict()
-    p.topology = "v5e-8"  # accelerator type (v4-8, v5e-8, v5p-8, v6e-8, v5e:2x4, ...) or cpu-N
+    p.topology = "v5e-8"  # accelerator type (v4-8, v5e-8, v5p-8, v6e-8, v5e:2x4, ...), h100-N / h200-N GPUs, or cpu-N
+    p.gpu_target_config = ""  # GPUs: a GpuTargetConfigProto text file describing them ("" = jaxstep.parallel.gpu_targets.GPUS)
     p.programs = "sft,rm,sampler,scorer,update"  # comma list of programs to compile
     p.rm_steps = 32  # step slots per reward-model training row (prm; orm uses 1)
     p.fail_on_oom = True  # exit non-zero when a program does not fit

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation for a TPU slice (or N host CPU devices) on any machine.
+"""Ahead-of-time compilation for a TPU slice, NVIDIA GPUs (or N host CPU devices) on any machine.
 
 The TPU compiler (the `libtpu` package, `pip install "jaxstep[tpu]"`) can compile a
 program for a slice that is not attached: `jax.experimental.topologies` gives
@@ -18,7 +18,8 @@ fails to compile with RESOURCE_EXHAUSTED, which `compile_program` turns into an
 All byte and FLOP figures are per chip (per device); the SPMD-partitioned program one
 chip runs. `cpu-N` runs the same path on N fake host CPU devices (jax must be started
 with `XLA_FLAGS=--xla_force_host_platform_device_count=N`), which checks sharding and
-compiles without libtpu, with host-compiler figures.
+compiles without libtpu, with host-compiler figures. `h100-N` / `h200-N` compile for N
+GPUs with the CUDA PJRT plugin and no GPU (`jaxstep.parallel.gpu_targets`; hosts of 8).
 
 Compile time grows with the model: a Qwen2-1.5B training step for v5e-8 takes minutes on
 a 2-core host. Loading the TPU compiler sets `ALLOW_MULTIPLE_LIBTPU_LOAD=1` (unless set),
@@ -39,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 from jax.sharding import AxisType, Mesh
 
+from jaxstep.parallel import gpu_targets
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import rules as rules_lib
 
@@ -68,12 +70,14 @@ class Topology:
     """A slice to compile for.
 
     Attributes:
-      name: the accelerator type as given, e.g. "v5e-8" or "cpu-8".
-      kind: "v4" | "v5e" | "v5p" | "v6e" | "cpu".
-      num_chips: chips (JAX devices; v4/v5p run one device per chip, "megacore").
-      topology_name: for `get_topology_desc`, e.g. "v5e:2x4"; None for cpu.
+      name: the accelerator type as given, e.g. "v5e-8", "h100-8" or "cpu-8".
+      kind: "v4" | "v5e" | "v5p" | "v6e" | "h100" | "h200" | "cpu".
+      num_chips: chips or GPUs (JAX devices; v4/v5p run one device per chip, "megacore").
+      topology_name: for `get_topology_desc`, e.g. "v5e:2x4" or "1x1x8" (GPUs); None for cpu.
       hbm_bytes: memory per chip in bytes (cpu: the host's RAM / num_chips).
       peak_flops: published bf16 peak FLOP/s per chip; None for cpu.
+      target_config_file: GPUs only: a `GpuTargetConfigProto` text file describing them
+        instead of `gpu_targets.GPUS` ("" = the built-in description).
     """
 
     name: str
@@ -82,10 +86,15 @@ class Topology:
     topology_name: str | None
     hbm_bytes: int
     peak_flops: float | None
+    target_config_file: str = ""
 
     @property
     def is_cpu(self) -> bool:
         return self.kind == "cpu"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind in gpu_targets.GPUS
 
 
 def _dims(num_chips: int, ndim: int) -> tuple[int, ...]:
@@ -105,12 +114,12 @@ def _host_memory_bytes() -> int:
 
 
 def parse_topology(name: str | Topology) -> Topology:
-    """A `Topology` from a Cloud TPU accelerator type or `cpu-N`.
+    """A `Topology` from a Cloud TPU accelerator type, `h100-N` / `h200-N` or `cpu-N`.
 
     Accepts "v4-8" (TensorCores: 4 chips), "v5p-8" (cores: 4 chips), "v5e-8" /
     "v5litepod-8" (chips), "v6e-8" (chips), larger slices ("v5e-16", "v4-32", ...), an
-    explicit shape ("v5e:2x4", "v4:2x2x2"), and "cpu-N" (N host CPU devices).
-    Raises ValueError for anything else.
+    explicit shape ("v5e:2x4", "v4:2x2x2"), "h100-8" / "h200-16" (N GPUs, hosts of 8)
+    and "cpu-N" (N host CPU devices). Raises ValueError for anything else.
     """
     if isinstance(name, Topology):
         return name
@@ -120,6 +129,9 @@ def parse_topology(name: str | Topology) -> Topology:
         if n < 1:
             raise ValueError(f"topology {name!r}: need at least one device.")
         return Topology(name, "cpu", n, None, _host_memory_bytes() // n, None)
+    if (m := re.fullmatch(r"([a-z0-9]+)-(\d+)", text)) and m[1] in gpu_targets.GPUS:
+        spec, n = gpu_targets.GPUS[m[1]], int(m[2])
+        return Topology(name, m[1], n, gpu_targets.topology_shape(n), spec.memory_bytes, spec.peak_flops)
     if m := re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)+)", text):
         kind = _ALIASES.get(m[1], m[1])
         dims = tuple(int(d) for d in m[2].split("x"))
@@ -130,7 +142,7 @@ def parse_topology(name: str | Topology) -> Topology:
         kind = _ALIASES.get(m[1], m[1])
         if kind not in _CHIPS:
             raise ValueError(f"topology {name!r}: unknown TPU {m[1]!r}; known: "
-                             f"{', '.join(_CHIPS)}, v5litepod, cpu-N.")
+                             f"{', '.join(_CHIPS)}, v5litepod, {', '.join(gpu_targets.GPUS)} (GPUs), cpu-N.")
         count = int(m[2])
         per = _CORES_PER_CHIP_IN_NAME.get(kind, 1)
         if count % per:
@@ -139,7 +151,7 @@ def parse_topology(name: str | Topology) -> Topology:
         dims = _dims(chips, _CHIPS[kind][2])
     else:
         raise ValueError(f"topology {name!r}: expected an accelerator type such as v5e-8, "
-                         "v4-8, v5p-8, v6e-8, a shape such as v5e:2x4, or cpu-N.")
+                         "v4-8, v5p-8, v6e-8, a shape such as v5e:2x4, h100-8, h200-8 or cpu-N.")
     hbm, peak, _ = _CHIPS[kind]
     return Topology(name, kind, chips, f"{kind}:{'x'.join(map(str, dims))}", hbm, peak)
 
@@ -165,10 +177,12 @@ def _tpu_devices(topology_name: str, kind: str) -> tuple:
 
 
 def abstract_devices(topology: str | Topology) -> list:
-    """The `num_chips` devices of `topology`: compile-only TPU devices, or for cpu-N the
-    first N host CPU devices. Raises RuntimeError (saying how to fix it) when libtpu is
-    missing or jax has fewer than N CPU devices."""
+    """The `num_chips` devices of `topology`: compile-only TPU or GPU devices, or for cpu-N
+    the first N host CPU devices. Raises RuntimeError (saying how to fix it) when libtpu
+    or the CUDA plugin is missing or jax has fewer than N CPU devices."""
     topo = parse_topology(topology)
+    if topo.is_gpu:
+        return list(gpu_targets.compile_only_devices(topo.kind, topo.num_chips, topo.target_config_file))
     if topo.is_cpu:
         devices = jax.devices("cpu")
         if len(devices) < topo.num_chips:
@@ -204,6 +218,9 @@ def make_abstract_mesh(topology: str | Topology, shape: Any = None,
         raise ValueError(f"mesh {dict(zip(axis_names, shape))} does not fit "
                          f"{len(devices)} devices.")
     axis_types = (AxisType.Auto,) * len(shape)
+    if parse_topology(topology).is_gpu:  # hosts of GPUs in order: no torus to follow
+        import numpy as np
+        return Mesh(np.asarray(devices).reshape(shape), axis_names, axis_types=axis_types)
     try:
         return jax.make_mesh(shape, axis_names, axis_types=axis_types, devices=devices)
     except NotImplementedError:  # a mesh axis that splits a torus axis (e.g. 32 on 4x4x4)
@@ -311,8 +328,8 @@ def analyze(compiled: Any, topology: str | Topology) -> dict[str, Any]:
       hbm_bytes: the chip's memory (`Topology.hbm_bytes`).
       fits: `max(peak_bytes, compiler_peak_bytes) <= hbm_bytes` (False for OutOfMemory).
       flops: `cost_analysis()["flops"]` of the partitioned program, per chip, incl. any
-        remat recompute (a multiply-add counts 2).
-      bytes_accessed: HBM traffic estimate from `cost_analysis()`.
+        remat recompute (a multiply-add counts 2); None without a cost analysis (GPUs).
+      bytes_accessed: HBM traffic estimate from `cost_analysis()` (None likewise).
       seconds_at_peak: flops / bf16 peak FLOP/s (a lower bound on step time; None for cpu).
       compiler_seconds: the TPU cost model's `optimal_seconds` where it reports a
         positive one (rough; it came out negative for a 1.5B-parameter step).
@@ -333,17 +350,17 @@ def analyze(compiled: Any, topology: str | Topology) -> dict[str, Any]:
     host = (m.host_argument_size_in_bytes + m.host_output_size_in_bytes
             - m.host_alias_size_in_bytes + m.host_temp_size_in_bytes)
     compiler_peak = getattr(m, "peak_memory_in_bytes", None) or None
-    cost = compiled.cost_analysis()
+    cost = compiled.cost_analysis()  # None from the GPU compiler: flops and bytes None
     cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
-    flops = float(cost.get("flops", 0.0))
+    flops = float(cost["flops"]) if "flops" in cost else None
     optimal = cost.get("optimal_seconds")  # seen negative on large programs: then None
     return dict(
         base, argument_bytes=args, output_bytes=outs, alias_bytes=alias, temp_bytes=temp,
         generated_code_bytes=code, host_bytes=host, peak_bytes=peak,
         compiler_peak_bytes=compiler_peak,
         fits=max(peak, compiler_peak or 0) <= topo.hbm_bytes, flops=flops,
-        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-        seconds_at_peak=flops / topo.peak_flops if topo.peak_flops else None,
+        bytes_accessed=float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
+        seconds_at_peak=flops / topo.peak_flops if topo.peak_flops and flops is not None else None,
         compiler_seconds=optimal if optimal and optimal > 0 else None, error=None)
 
 

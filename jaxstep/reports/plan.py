@@ -24,6 +24,9 @@ How the figures are counted (all per chip):
   * the FLOPs in the roofline: the larger of the compiler's count and, for the update
     and SFT programs, the analytic count with remat's recompute (`model_flops`): XLA's
     count came out at about 2/3 of the analytic one on the 1-7B PPO updates measured.
+    The GPU compiler gives no cost analysis: for GPUs the update and SFT rows use the
+    analytic count, the sampler its estimate, and the reward-model and scorer rows
+    have no FLOPs or roofline ("?").
   * update MFU = model FLOPs / (peak x roofline seconds), model FLOPs per token of
     policy and critic 6 N + 12 L H D T (PaLM, appendix B; N without the embedding
     tables, with the LM head: `matmul_params`), x epochs; an upper bound.
@@ -35,10 +38,12 @@ from typing import Any
 from jaxstep import models
 from jaxstep.models import shapes
 from jaxstep.parallel.aot import GiB
+from jaxstep.parallel.gpu_targets import GPUS
 
 # Published HBM bandwidth per chip, bytes/s (Cloud TPU system architecture pages):
-# v4 1200 GB/s, v5e 819 GB/s, v5p 2765 GB/s, v6e 1640 GB/s.
-HBM_BANDWIDTH = {"v4": 1.2e12, "v5e": 8.19e11, "v5p": 2.765e12, "v6e": 1.64e12}
+# v4 1200 GB/s, v5e 819 GB/s, v5p 2765 GB/s, v6e 1640 GB/s; GPUs from their data sheets.
+HBM_BANDWIDTH = {"v4": 1.2e12, "v5e": 8.19e11, "v5p": 2.765e12, "v6e": 1.64e12,
+                 **{kind: spec.bandwidth for kind, spec in GPUS.items()}}
 
 
 def size(b) -> str:
@@ -123,7 +128,7 @@ def summarize(config, topo, mesh_shape: dict, reports: dict[str, dict]) -> dict[
     peak, bandwidth = topo.peak_flops, HBM_BANDWIDTH.get(topo.kind)
     for name, rep in reports.items():
         info, loops = rep["info"], rep["info"].get("loops", 1)
-        if rep["flops"] is None:
+        if rep.get("error"):  # did not compile (does not fit)
             rep.update(flops_per_call=None, bytes_per_call=None, roofline_seconds=None)
             continue
         if name == "sampler":
@@ -133,20 +138,23 @@ def summarize(config, topo, mesh_shape: dict, reports: dict[str, dict]) -> dict[
                        roofline_seconds=est.get("seconds"))
         else:
             kernels = splash_flops(config, name, info, topo.num_chips)
-            rep.update(flops_per_call=rep["flops"] * loops + kernels, kernel_flops_per_call=kernels,
-                       bytes_per_call=rep["bytes_accessed"] * loops)
+            compiler = None if rep["flops"] is None else rep["flops"] * loops + kernels  # None: GPUs
+            rep.update(flops_per_call=compiler, kernel_flops_per_call=kernels,
+                       bytes_per_call=None if rep["bytes_accessed"] is None else rep["bytes_accessed"] * loops)
             # The step's analytic FLOPs (with remat's recompute) when larger than the
-            # compiler's count, which came out below it on the 1-7B PPO updates measured.
+            # compiler's count, which came out below it on the 1-7B PPO updates measured
+            # (and the only count for GPUs, whose compiler gives no cost analysis).
             analytic = model_flops(config, name, info, topo.num_chips, recompute=True)
             rep["analytic_flops_per_call"] = analytic
-            rep["roofline_seconds"] = _seconds(max(rep["flops_per_call"], analytic or 0.0),
-                                               rep["bytes_per_call"], peak, bandwidth)
+            best = max(compiler or 0.0, analytic or 0.0) or None
+            rep["roofline_seconds"] = _seconds(best, rep["bytes_per_call"], peak, bandwidth)
     run: dict[str, Any] = {}
     ppo_parts = [reports.get(n, {}).get("roofline_seconds") for n in ("sampler", "scorer", "update")]
     if all(s is not None for s in ppo_parts):
         run["seconds_per_ppo_iteration"] = sum(ppo_parts)
         run["ppo_iteration_parts"] = dict(zip(("rollout", "scorer", "update"), ppo_parts))
-    if "update" in reports and reports["update"].get("roofline_seconds"):
+    # Without the compiler's count (GPUs) the roofline is the analytic count itself: no MFU.
+    if "update" in reports and reports["update"].get("roofline_seconds") and reports["update"]["flops"] is not None:
         rep = reports["update"]
         useful = model_flops(config, "update", rep["info"], topo.num_chips)
         run["update_model_flops_per_chip"] = useful
@@ -205,7 +213,7 @@ def markdown(plan: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in plan["programs"].items():
         shapes = ", ".join(f"{k} {v}" for k, v in r["info"].items() if k not in ("loops",))
-        flops = r.get("flops_per_call")
+        flops = max(r.get("flops_per_call") or 0.0, r.get("analytic_flops_per_call") or 0.0) or None
         lines.append(
             f"| {name} | {'yes' if r['fits'] else '**NO**'} | {size(r['peak_bytes'])} | "
             f"{size(r['argument_bytes'])} | {size(r['output_bytes'])} | {size(r['alias_bytes'])} | "
@@ -222,6 +230,9 @@ def markdown(plan: dict) -> str:
     for stage in ("sft", "rm"):
         if f"{stage}_seconds_per_step" in run:
             lines.append(f"- {stage} step: {run[f'{stage}_seconds_per_step']:.3g} s")
+    if "update" in plan["programs"] and "update_mfu_estimate" not in run and plan["peak_flops"]:
+        lines.append("- PPO update MFU: no estimate (the compiler gave no FLOP count; the update's "
+                     "roofline uses the analytic count)")
     if not run:
         lines.append("- none (no published peak FLOP/s for this topology)" if plan["peak_flops"] is None else
                      "- per program only (the roofline column); the PPO iteration needs the sampler, "

@@ -5,7 +5,9 @@
 
 Compiles, ahead of time and from abstract shapes only (no weights, no data, no
 downloads), the jitted programs the experiment's stages run, for `plan.topology` (a
-Cloud TPU slice, compiled here with the TPU compiler, `jaxstep.parallel.aot`; or cpu-N):
+Cloud TPU slice, compiled here with the TPU compiler, `jaxstep.parallel.aot`; h100-N /
+h200-N GPUs, compiled with the CUDA plugin and no GPU, `jaxstep.parallel.gpu_targets`;
+or cpu-N):
 
   sft      the SFT train step (`jaxstep.stages.sft.train_step`), batch `sft.batch_size`
   rm       the reward-model train step (`jaxstep.stages.reward_model.train_step`); with
@@ -36,6 +38,8 @@ status 1) naming the knobs when a program does not fit (`plan.fail_on_oom`).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -51,6 +55,7 @@ from jaxstep.models import deberta_heads
 from jaxstep.models import sampler as sampler_lib
 from jaxstep.models.shapes import count_params, deberta_reward_model, is_deberta, model_config, model_paths
 from jaxstep.parallel import aot
+from jaxstep.parallel import gpu_targets
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import placement
 from jaxstep.parallel import rules as rules_lib
@@ -71,6 +76,17 @@ KNOBS = ("model.remat (full, dots_no_batch, offload)", "model.logits_chunk", "sf
          "rm.microbatch_size", "ppo.microbatch_size", "ppo.minibatches", "model.attention (xla)",
          "mesh.fsdp (shard params over more chips)",
          "sampler.batch_size / ppo.rollout_batch", "a larger plan.topology")
+
+
+def _topology(config) -> aot.Topology:
+    """`plan.topology`, for GPUs described by `plan.gpu_target_config` when set (its
+    device_memory_size, when it has one, is the memory the programs must fit)."""
+    topo = aot.parse_topology(config.plan.topology)
+    path = config.plan.get("gpu_target_config", "")
+    if topo.is_gpu and path:
+        memory = gpu_targets.memory_bytes(paths_lib.read_text(path))
+        topo = dataclasses.replace(topo, target_config_file=path, hbm_bytes=memory or topo.hbm_bytes)
+    return topo
 
 
 def prepare(config) -> None:
@@ -313,6 +329,20 @@ def _needs_critic(config) -> bool:
 # ----------------------------------------------------------------------------- stage
 
 
+@contextlib.contextmanager
+def _cudnn_advice(topo):
+    """jax's "cuDNN not found" (cudnn attention traced without the library) as an error
+    that says what to do."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "cuDNN" not in str(e):
+            raise
+        raise ValueError(f"plan: model.attention='cudnn' needs the cuDNN library to compile for "
+                         f"{topo.name} ({e}); plan GPUs with --config.model.attention=xla "
+                         "(jax.nn.dot_product_attention through XLA), or install jax[cuda12]") from e
+
+
 def _write(config, topo, mesh, reports, workdir: str, started: float) -> dict:
     plan = plan_report.summarize(config, topo, dict(mesh.shape), reports)
     plan["seconds"] = round(time.time() - started, 1)
@@ -327,7 +357,7 @@ def run(config, workdir: str) -> dict:
     plan.md in `workdir`; returns the plan. Raises SystemExit(message) when one does not
     fit and `plan.fail_on_oom`."""
     started = time.time()
-    topo = aot.parse_topology(config.plan.topology)
+    topo = _topology(config)
     names = comma_list(config.plan.programs)
     bad = [n for n in names if n not in PROGRAMS]
     if bad or not names:
@@ -335,12 +365,14 @@ def run(config, workdir: str) -> dict:
     mesh = aot.make_abstract_mesh(topo, config.mesh)
     logger.info("plan: %s (%d chips, %s), mesh %s, remat %s", topo.name, topo.num_chips,
                 plan_report.size(topo.hbm_bytes), dict(mesh.shape), config.model.get("remat", "none"))
-    programs = build_programs(config, mesh, names)
+    with _cudnn_advice(topo):
+        programs = build_programs(config, mesh, names)
     reports = {}
     for i, name in enumerate(names, 1):
         fn, args, kwargs, info = programs[name]
         logger.info("plan: [%d/%d] compiling %s for %s ...", i, len(names), name, topo.name)
-        report = aot.compile_and_analyze(name, fn, *args, topology=topo, **kwargs)
+        with _cudnn_advice(topo):
+            report = aot.compile_and_analyze(name, fn, *args, topology=topo, **kwargs)
         report.update(info=info, error=(report["error"] or "")[:2000] or None)
         reports[name] = report
         logger.info("plan: %s", aot.format_report(report))
