@@ -8,10 +8,13 @@ Model: Qwen2, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 688, vocab
 32000 (random weights, std 0.02 as HF's init); batch 32, prompts of 48-64 tokens
 (left-padded to 64), 128 new tokens, no EOS so both produce exactly 128 per row.
 "sampling" is plain sampling (temperature 1, no top-k/top-p, set explicitly on both
-sides); "greedy" is argmax. Our compile time is excluded from the rate and reported;
-each side's time is the best of `--repeats` runs. transformers runs with 1 and with
-all torch threads and keeps the faster (on a busy 2-core machine one thread is often
-several times faster: OpenMP threads spin against other processes).
+sides); "greedy" is argmax, tokens only on both sides (ours with `with_logprobs=False`,
+as the evals run it; transformers' `generate` returns no scores by default; plain
+sampling's log-probs come free with the sample and are kept). Our compile time is
+excluded from the rate and reported; each side's time is the best of `--repeats` runs.
+transformers runs with 1 and with all torch threads and keeps the faster (on a busy
+2-core machine one thread is often several times faster: OpenMP threads spin against
+other processes).
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def time_ours(model, params, ids, mask, greedy, args):
     block = {} if args.block is None else {"decode_block": args.block}
     run = lambda seed: models.generate(  # noqa: E731
         model, params, ids, mask, jax.random.key(seed), max_new_tokens=args.new,
-        greedy=greedy, temperature=1.0, eos_id=None, pad_id=0, **block)
+        greedy=greedy, temperature=1.0, eos_id=None, pad_id=0, with_logprobs=not greedy, **block)
     start = time.perf_counter()
     out = jax.block_until_ready(run(0))
     first = time.perf_counter() - start
