@@ -38,19 +38,19 @@ def shared_data() -> pathlib.Path:
 def tpu():
     """The TPU compiler (libtpu, the `[tpu]` extra): skip without it, fail under CI."""
     from jaxstep.parallel import aot  # noqa: PLC0415 (only the AOT tests need it)
-    if not aot.libtpu_available():
-        msg = 'the TPU compiler is not installed (pip install -e ".[tpu]")'
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    _needs(aot.libtpu_available(), 'the TPU compiler is not installed (pip install -e ".[tpu]")')
 
 
 @pytest.fixture(scope="module")
 def cuda_plugin():
     """The CUDA PJRT plugin (the `[gpu-plan]` extra): skip without it, fail under CI."""
     from jaxstep.parallel import gpu_targets  # noqa: PLC0415 (only the GPU plan tests need it)
-    if not gpu_targets.plugin_available():
-        msg = 'the CUDA PJRT plugin is not installed (pip install -e ".[gpu-plan]")'
+    _needs(gpu_targets.plugin_available(), 'the CUDA PJRT plugin is not installed (pip install -e ".[gpu-plan]")')
+
+
+def _needs(found: bool, msg: str) -> None:
+    """An optional compiler the tests need: skip without it, fail under CI (CI=true)."""
+    if not found:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)
