@@ -48,7 +48,8 @@ def bucket_length(length: int, max_len: int, buckets: Sequence[int] | str | None
     return max_len
 
 
-def _step_bucket(count: int) -> int:
+def step_bucket(count: int) -> int:
+    """Step slots for `count` steps: rounded up to a multiple of 4, at least 4."""
     return max(4, 4 * math.ceil(count / 4))
 
 
@@ -164,7 +165,7 @@ def encode_sft(problems: Sequence[Problem], tokenizer, max_len: int, *,
     ends_per_row = [[e for e in ends if e < len(r)] for ends, r in zip(ends_per_row, rows)]
     width = bucket_length(max((len(r) for r in rows), default=1), max_len, buckets)
     num_steps = np.array([len(e) for e in ends_per_row], dtype=np.int32)
-    steps_width = max_steps if max_steps is not None else _step_bucket(int(num_steps.max(initial=0)))
+    steps_width = max_steps if max_steps is not None else step_bucket(int(num_steps.max(initial=0)))
     batch = len(rows)
     ids = np.full((batch, width), ids_of["pad"], dtype=np.int32)
     mask = np.zeros((batch, width), dtype=bool)
@@ -272,7 +273,7 @@ def batch_step_ends(token_ids: np.ndarray, tokenizer, delimiter: str = formattin
     token_ids = np.asarray(token_ids)
     per_row = [step_ends_from_tokens(row, tokenizer, delimiter) for row in token_ids]
     num_steps = np.array([len(e) for e in per_row], dtype=np.int32)
-    width = max_steps if max_steps is not None else _step_bucket(int(num_steps.max(initial=0)))
+    width = max_steps if max_steps is not None else step_bucket(int(num_steps.max(initial=0)))
     step_ends = np.zeros((len(per_row), width), dtype=np.int32)
     step_mask = np.zeros((len(per_row), width), dtype=bool)
     for b, ends in enumerate(per_row):

@@ -9,12 +9,11 @@ sees at most one shape per length bucket (one compile each).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 
-from jaxstep.data import formatting, step_offsets
+from jaxstep.data import batching, formatting, step_offsets
 from jaxstep.rm import labels as labels_lib
 
 
@@ -81,7 +80,7 @@ def step_slots(records: Sequence) -> int:
     multiple of 4, at least 4. Passed as `max_steps`, it fixes the step axis of every
     batch of these records (no step is cut: a text has at most one step end per step)."""
     counts = [len(r.prefix) + 1 if isinstance(r, labels_lib.StepPreference) else len(r.steps) for r in records]
-    return max(4, 4 * math.ceil(max(counts, default=0) / 4))
+    return batching.step_bucket(max(counts, default=0))
 
 
 def encode_pairs(pairs: Sequence[labels_lib.StepPreference], tokenizer, max_len: int, *,
