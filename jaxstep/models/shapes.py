@@ -78,20 +78,21 @@ def model_config(config, path: str) -> ModelConfig | DebertaConfig:
     "" = the tiny decoder of `config.model`), computing in `config.model.dtype`: a
     `DebertaConfig` for a DeBERTa-v2/v3 encoder (model_type deberta-v2), else a decoder's
     `ModelConfig`."""
+    if path:
+        return _from_hf_dict(config, *hf_config(path))
     m = config.model
-    if not path:
-        cfg = tiny(vocab_size=config.data.tokenizer_vocab_size, model_type=m.arch,
-                          hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                          num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
-                          max_position_embeddings=m.max_position_embeddings,
-                          tie_word_embeddings=m.tie_word_embeddings, rope_theta=m.rope_theta)
-    else:
-        d, source = hf_config(path)
-        if d.get("model_type") == DEBERTA_TYPE:
-            cfg = DebertaConfig.from_hf_dict(d, source)
-        else:
-            cfg = ModelConfig.from_hf_dict(d, source)
+    cfg = tiny(vocab_size=config.data.tokenizer_vocab_size, model_type=m.arch,
+               hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+               num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+               max_position_embeddings=m.max_position_embeddings,
+               tie_word_embeddings=m.tie_word_embeddings, rope_theta=m.rope_theta)
     return cfg.replace(dtype=jnp.dtype(m.dtype).name, param_dtype="float32")
+
+
+def _from_hf_dict(config, d: dict, source: str) -> ModelConfig | DebertaConfig:
+    """`model_config` of a config.json dict read from `source`."""
+    cls = DebertaConfig if d.get("model_type") == DEBERTA_TYPE else ModelConfig
+    return cls.from_hf_dict(d, source).replace(dtype=jnp.dtype(config.model.dtype).name, param_dtype="float32")
 
 
 def is_deberta(cfg) -> bool:
@@ -109,8 +110,8 @@ def deberta_reward_model(config, path: str, kind: str, *, block_causal: bool = T
     folder with `fresh_head` (what the rm stage trains from `rm.init_from`,
     `jaxstep.rm.backbones`), gets a fresh `kind` head with `block_causal`.
     """
-    d, source = hf_config(path)
-    cfg = model_config(config, path)
+    d, source = hf_config(path)  # read once: its architecture and the encoder's shapes
+    cfg = _from_hf_dict(config, d, source)
     if not is_deberta(cfg):
         raise ValueError(f"{source}: model_type {d.get('model_type')!r} is not a DeBERTa encoder "
                          f"({DEBERTA_TYPE})")
