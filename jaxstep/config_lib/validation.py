@@ -140,7 +140,7 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
     m = config.model
     one_of("model.remat", m.get("remat", "none"), REMAT_POLICIES)
     check(m.get("logits_chunk", 0) >= 0, "model.logits_chunk", m.get("logits_chunk", 0), "must be >= 0 (0 = off)")
-    block = config.sampler.get("decode_block", 0)
+    block = config.sampler.decode_block
     check(block >= 0, "sampler.decode_block", block, "must be >= 0 (0 = one decode loop over the whole cache)")
     for name, section in (("sft", config.sft), ("rm", r)):
         micro = section.get("microbatch_size", 0)

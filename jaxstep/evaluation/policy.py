@@ -14,7 +14,6 @@ import numpy as np
 from jaxstep import generation, paths
 from jaxstep.data import Problem, formatting, grading, sources
 from jaxstep.data.problem import Records
-from jaxstep.models.sampler import DECODE_BLOCK
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.evaluation.stats import accuracy_by
 from jaxstep.evaluation import hacking
@@ -146,7 +145,7 @@ def evaluate_model(config, model, params, tokenizer, *, mesh=None, key=None,
         decode = dict(max_prompt_len=config.data.max_prompt_len, max_new_tokens=e.max_new_tokens,
                       batch_size=e.batch_size, mesh=mesh, rules=config.mesh.rules, progress=progress,
                       template=formatting.config_template(config),
-                      decode_block=config.sampler.get("decode_block", DECODE_BLOCK))
+                      decode_block=config.sampler.decode_block)
         greedy = generation.decode_problems(model, params, tokenizer, problems, greedy=True,
                                         desc=f"eval {source}", **decode)
         sampled: list[generation.Decoded] = []
@@ -174,7 +173,7 @@ def greedy_eval(model, params, tokenizer, problems: Sequence[Problem], config, m
         model, params, tokenizer, problems, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=config.data.max_response_len, batch_size=config.sampler.batch_size,
         mesh=mesh, rules=config.mesh.rules, greedy=True, progress=False, desc=desc,
-        template=formatting.config_template(config), decode_block=config.sampler.get("decode_block", DECODE_BLOCK))
+        template=formatting.config_template(config), decode_block=config.sampler.decode_block)
     if not detailed:
         return {"eval_accuracy": float(np.mean([r.correct for r in results])),
                 "eval_has_answer": float(np.mean([r.answer is not None for r in results]))}

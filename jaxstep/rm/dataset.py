@@ -26,7 +26,6 @@ from jaxstep.rm import labels as labels_lib
 from jaxstep.rm import montecarlo
 from jaxstep.models import build as model_build
 from jaxstep.models.reward_io import KINDS
-from jaxstep.models.sampler import DECODE_BLOCK
 from jaxstep.parallel import placement
 from jaxstep.rewards.losses import LOSSES
 from jaxstep.data import step_checks
@@ -94,7 +93,7 @@ def _sample(config, generator, problems: Sequence[Problem], num_samples: int, ke
         max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=greedy,
         temperature=temperature or s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
         key=key, mesh=mesh, desc=desc, template=formatting.config_template(config),
-        decode_block=s.get("decode_block", DECODE_BLOCK))
+        decode_block=s.decode_block)
 
 
 def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
@@ -109,7 +108,7 @@ def make_completer(config, generator, mesh) -> montecarlo.CompleteFn:
             max_new_tokens=config.data.max_response_len, batch_size=s.batch_size, greedy=False,
             temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, num_samples=num_samples,
             key=key, mesh=mesh, progress=False, template=formatting.config_template(config),
-            decode_block=s.get("decode_block", DECODE_BLOCK))
+            decode_block=s.decode_block)
         return [r.text for r in results]
 
     return complete

@@ -52,7 +52,6 @@ from jaxstep import generation, models
 from jaxstep.config_lib.validation import PLAN_PROGRAMS, comma_list
 from jaxstep import paths as paths_lib
 from jaxstep.models import deberta_heads
-from jaxstep.models import sampler as sampler_lib
 from jaxstep.models.shapes import count_params, deberta_reward_model, is_deberta, model_config, model_paths
 from jaxstep.parallel import aot
 from jaxstep.parallel import gpu_targets
@@ -215,7 +214,7 @@ def build_programs(config, mesh, names) -> dict[str, tuple]:
         def sample(params, ids, mask, key):
             return models.generate(policy, params, ids, mask, key, max_new_tokens=R, temperature=temperature,
                                    top_k=s.top_k, top_p=s.top_p, eos_id=policy_cfg.eos_token_id or 0, pad_id=0,
-                                   decode_block=s.get("decode_block", sampler_lib.DECODE_BLOCK))
+                                   decode_block=s.decode_block)
         out["sampler"] = (sample, (b.params(policy), *b.batch(ids=((SB, P), jnp.int32),
                                                               mask=((SB, P), jnp.int32)).values(), b.key()),
                           kw, dict(batch=SB, rollout_batch=B, prompt_len=P, new_tokens=R,

@@ -53,7 +53,6 @@ from jaxstep.metrics import MetricWriter, read_metrics
 from jaxstep.models import build as model_build
 from jaxstep.models import hf_reward
 from jaxstep.models.reward_io import load_reward_model
-from jaxstep.models.sampler import DECODE_BLOCK
 from jaxstep.parallel import distributed, placement
 from jaxstep.parallel import mesh as mesh_lib
 from jaxstep.parallel import rules as rules_lib
@@ -125,7 +124,7 @@ def sample_settings(config) -> rollout_lib.SampleSettings:
         max_prompt_len=d.max_prompt_len, max_new_tokens=d.max_response_len,
         max_steps=config.ppo.max_steps, temperature=rollout_temperature(config), top_k=s.top_k, top_p=s.top_p,
         delimiter=d.step_delimiter, template=formatting.config_template(config),
-        decode_block=s.get("decode_block", DECODE_BLOCK))
+        decode_block=s.decode_block)
 
 
 def shaping_settings(config) -> scorer_lib.ShapingSettings:
