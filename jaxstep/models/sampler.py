@@ -376,14 +376,15 @@ def generate(model: Decoder, params: dict, prompt_ids: Array, prompt_mask: Array
     vocab = model.config.vocab_size
     top_k = int(top_k) if top_k < vocab else 0
     eos_ids = () if eos_id is None else (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
+    plain = (not greedy) and temperature == 1.0 and top_p >= 1.0 and not top_k
     static = _Static(
         max_new_tokens=int(max_new_tokens), greedy=bool(greedy),
-        top_k=0 if greedy else top_k, top_p=(not greedy) and top_p < 1.0,
-        plain=(not greedy) and temperature == 1.0 and top_p >= 1.0 and not top_k,
+        top_k=0 if greedy else top_k, top_p=(not greedy) and top_p < 1.0, plain=plain,
         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
         # one segment whenever it covers the response: the same program (and cache key)
         decode_block=int(decode_block) if 0 < decode_block < max_new_tokens else 0,
-        logprobs=bool(with_logprobs))
+        # plain sampling gets its log-probs with the sample: one program either way
+        logprobs=bool(with_logprobs) or plain)
     dynamic = _Dynamic(jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
                        jnp.int32(pad_id), jnp.asarray(eos_ids, jnp.int32).reshape(-1),
                        _stop_array(stop_sequences))
