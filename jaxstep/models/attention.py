@@ -97,9 +97,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, token_mask: jax.A
     q = (q * (D ** -0.5)).astype(q.dtype)
     q, k, v = (jnp.transpose(x, (0, 2, 1, 3)) for x in (q, k, v))  # [B, H, L, D]
     if sliding_window:
-        one = sm.LocalMask((L, L), window_size=(sliding_window - 1, 0), offset=0)
+        head_mask = sm.LocalMask((L, L), window_size=(sliding_window - 1, 0), offset=0)
     else:
-        one = sm.CausalMask((L, L))
+        head_mask = sm.CausalMask((L, L))
     mesh = jax.sharding.get_abstract_mesh()  # the mesh of activation_sharding, if any
     sharded = mesh is not None and not mesh.empty and mesh.size > 1
     device = getattr(mesh, "abstract_device", None) if sharded else None
@@ -108,12 +108,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, token_mask: jax.A
         raise ValueError(f"model.attention='splash' is a TPU kernel; on {platform} use 'cudnn' or 'xla' "
                          "(--config.model.attention=cudnn)")
     interpret = platform != "tpu"  # the Pallas interpreter on a CPU (tests), the kernel on TPU
-    kernel = sk.make_splash_mha(sm.MultiHeadMask([one] * H), head_shards=1, q_seq_shards=1,
+    kernel = sk.make_splash_mha(sm.MultiHeadMask([head_mask] * H), head_shards=1, q_seq_shards=1,
                                 interpret=interpret)
 
     def attend(q, k, v, segments):  # the kernel takes one example: [H, L, D]
-        one = lambda a, b, c, s: kernel(a, b, c, segment_ids=sk.SegmentIds(q=s, kv=s))  # noqa: E731
-        return jax.vmap(one)(q, k, v, segments)
+        example = lambda a, b, c, s: kernel(a, b, c, segment_ids=sk.SegmentIds(q=s, kv=s))  # noqa: E731
+        return jax.vmap(example)(q, k, v, segments)
 
     if sharded:
         import flax.linen as nn
