@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh
 
 from jaxstep.parallel import gpu_targets
@@ -206,9 +207,10 @@ def make_abstract_mesh(topology: str | Topology, shape: Any = None,
     `shape` is a sequence of ints matching `axis_names`, or a mesh config section /
     dict `{"data", "fsdp", "tensor"}` (one size may be -1), or None (all on `data`).
     Device order follows the torus (`jax.make_mesh`, splitting a torus axis if the shape
-    needs it), as on a real slice.
+    needs it), as on a real slice; GPUs in host order.
     """
-    devices = abstract_devices(topology)
+    topo = parse_topology(topology)
+    devices = abstract_devices(topo)
     if shape is None or not isinstance(shape, Sequence):
         resolved = mesh_lib.mesh_shape(shape, len(devices))
         axis_names = mesh_lib.MESH_AXES
@@ -218,8 +220,7 @@ def make_abstract_mesh(topology: str | Topology, shape: Any = None,
         raise ValueError(f"mesh {dict(zip(axis_names, shape))} does not fit "
                          f"{len(devices)} devices.")
     axis_types = (AxisType.Auto,) * len(shape)
-    if parse_topology(topology).is_gpu:  # hosts of GPUs in order: no torus to follow
-        import numpy as np
+    if topo.is_gpu:  # hosts of GPUs in order: no torus to follow
         return Mesh(np.asarray(devices).reshape(shape), axis_names, axis_types=axis_types)
     try:
         return jax.make_mesh(shape, axis_names, axis_types=axis_types, devices=devices)

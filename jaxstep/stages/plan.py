@@ -364,18 +364,17 @@ def run(config, workdir: str) -> dict:
     mesh = aot.make_abstract_mesh(topo, config.mesh)
     logger.info("plan: %s (%d chips, %s), mesh %s, remat %s", topo.name, topo.num_chips,
                 plan_report.size(topo.hbm_bytes), dict(mesh.shape), config.model.get("remat", "none"))
-    with _cudnn_advice(topo):
-        programs = build_programs(config, mesh, names)
     reports = {}
-    for i, name in enumerate(names, 1):
-        fn, args, kwargs, info = programs[name]
-        logger.info("plan: [%d/%d] compiling %s for %s ...", i, len(names), name, topo.name)
-        with _cudnn_advice(topo):
+    with _cudnn_advice(topo):  # tracing (build_programs) or compiling cudnn attention
+        programs = build_programs(config, mesh, names)
+        for i, name in enumerate(names, 1):
+            fn, args, kwargs, info = programs[name]
+            logger.info("plan: [%d/%d] compiling %s for %s ...", i, len(names), name, topo.name)
             report = aot.compile_and_analyze(name, fn, *args, topology=topo, **kwargs)
-        report.update(info=info, error=(report["error"] or "")[:2000] or None)
-        reports[name] = report
-        logger.info("plan: %s", aot.format_report(report))
-        plan = _write(config, topo, mesh, reports, workdir, started)  # after each program: partial plans
+            report.update(info=info, error=(report["error"] or "")[:2000] or None)
+            reports[name] = report
+            logger.info("plan: %s", aot.format_report(report))
+            plan = _write(config, topo, mesh, reports, workdir, started)  # after each program: partial plans
     logger.info("plan: wrote %s (%.0f s)", paths_lib.join(workdir, "plan.md"), plan["seconds"])
     too_big = [n for n, rep in reports.items() if not rep["fits"]]
     if too_big and config.plan.fail_on_oom:
