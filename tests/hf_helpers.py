@@ -94,3 +94,16 @@ def hf_logits(hf_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         kwargs["position_ids"] = pos.masked_fill(mask_t == 0, 1)
     with torch.no_grad():
         return hf_model(input_ids=ids_t, attention_mask=mask_t, **kwargs).logits.float().numpy()
+
+
+def hf_greedy(hf_model, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int, eos_token_id) -> np.ndarray:
+    """transformers' greedy `generate` on `ids`/`mask` (numpy) left-padded with 0: the new tokens
+    `[batch, <= max_new_tokens]` (it stops early when every row has hit EOS)."""
+    import torch
+
+    with torch.no_grad():
+        out = hf_model.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+            pad_token_id=0, top_k=None, top_p=None, temperature=None)
+    return out.numpy()[:, ids.shape[1]:]

@@ -41,8 +41,7 @@ def _log_softmax(x):
 @pytest.mark.parametrize("name", ["qwen2_tied", "opt_proj"])
 def test_greedy_equals_transformers_generate(name):
     pytest.importorskip("torch")
-    import torch
-    from hf_helpers import jax_from_hf, random_hf_model
+    from hf_helpers import hf_greedy, jax_from_hf, random_hf_model
 
     hf_model = random_hf_model(name, seed=7, std=0.15)
     model, params = jax_from_hf(hf_model)
@@ -50,11 +49,7 @@ def test_greedy_equals_transformers_generate(name):
     ids, mask = left_padded(vocab, [9, 5, 2, 7], 9, seed=8)
     new = 12
     eos = 5
-    with torch.no_grad():
-        expected = hf_model.generate(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-            max_new_tokens=new, do_sample=False, eos_token_id=eos, pad_token_id=PAD,
-            top_k=None, top_p=None, temperature=None).numpy()[:, ids.shape[1]:]
+    expected = hf_greedy(hf_model, ids, mask, new, eos)
     out = models.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=new,
                           greedy=True, eos_id=eos, pad_id=PAD)
     got = np.asarray(out.tokens)

@@ -138,17 +138,12 @@ def test_logprobs_equal_a_no_cache_forward(small):
 
 def test_greedy_equals_transformers_generate_across_segments():
     pytest.importorskip("torch")
-    import torch
-    from hf_helpers import jax_from_hf, random_hf_model
+    from hf_helpers import hf_greedy, jax_from_hf, random_hf_model
 
     hf_model = random_hf_model("qwen2_tied", seed=7, std=0.15)
     model, params = jax_from_hf(hf_model)
     ids, mask = left_padded(model.config.vocab_size, [9, 5, 2, 7], 9, seed=8)
-    with torch.no_grad():
-        expected = hf_model.generate(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-            max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=PAD,
-            top_k=None, top_p=None, temperature=None).numpy()[:, ids.shape[1]:]
+    expected = hf_greedy(hf_model, ids, mask, NEW, None)
     out = models.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=NEW,
                           greedy=True, eos_id=None, pad_id=PAD, decode_block=5)
     np.testing.assert_array_equal(np.asarray(out.tokens), expected)
