@@ -14,6 +14,8 @@ pass holds more than `[batch, chunk, vocab]` float32 logits.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -33,6 +35,83 @@ def response_logits(model, params, input_ids, attention_mask, positions, prompt_
     start = max(prompt_len - 1, 0)
     logits = lm_logits(model.config, params, hidden[:, start:T - 1])
     return jnp.pad(logits, ((0, 0), (start, 1), (0, 0)))  # [B, T, V]: positions start .. T-2 real
+
+
+# ----------------------------------------------------------------------------- fused LM head
+
+def head_token_stats(config, params: dict, hidden, targets, *, temperature: float = 1.0,
+                     with_entropy: bool = False):
+    """Log-probs (and entropies) of `targets` from final hidden states through the LM head,
+    with a hand-written backward pass.
+
+    Args:
+      config: the Decoder's `ModelConfig`; params: its params (only the LM head is read).
+      hidden: `[..., E]` final hidden states; position i predicts `targets[..., i]`.
+      targets: `[...]` int token ids.
+
+    Returns:
+      `[...]` float32 log-probs, and with `with_entropy` also `[...]` float32 entropies.
+
+    The value is the autodiff path's (`logits[target] - logsumexp(logits)`); the backward
+    is one fused pass over the `[..., V]` logits, `d logits = onehot(target) * g - p * (g +
+    g_ent * (log p + H))`, then the two matmuls, instead of autodiff's chain of vocab-sized
+    passes through max, exp, the gather's scatter and a transposed copy (`tests/test_head_stats.py`).
+    """
+    tied = bool(config.tie_word_embeddings)
+    kernel = params["embed"]["embedding"] if tied else params["lm_head"]
+    lead = hidden.shape[:-1]
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    out = _head_stats(tied, float(temperature), bool(with_entropy), jnp.dtype(config.compute_dtype),
+                      h2, kernel, targets.reshape(-1).astype(jnp.int32))
+    logp, entropy = (o.reshape(lead) for o in out)
+    return (logp, entropy) if with_entropy else logp
+
+
+def _head_logits(tied, temperature, compute_dtype, h, kernel):
+    """`[N, E]` x kernel -> `[N, V]` float32 logits / temperature."""
+    spec = "ne,ve->nv" if tied else "ne,ev->nv"
+    z = jnp.einsum(spec, h.astype(compute_dtype), kernel.astype(compute_dtype),
+                   preferred_element_type=jnp.float32)
+    return z / temperature if temperature != 1.0 else z
+
+
+def _head_stats_forward(tied, temperature, with_entropy, compute_dtype, h, kernel, targets):
+    z = _head_logits(tied, temperature, compute_dtype, h, kernel)
+    m = jax.lax.stop_gradient(z.max(-1, keepdims=True))
+    e = jnp.exp(z - m)
+    s = e.sum(-1)
+    lse = m[:, 0] + jnp.log(s)
+    picked = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
+    entropy = lse - (e * z).sum(-1) / s if with_entropy else jnp.zeros_like(lse)
+    return (picked - lse, entropy), (h, kernel, targets, z, lse, entropy)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _head_stats(tied, temperature, with_entropy, compute_dtype, h, kernel, targets):
+    return _head_stats_forward(tied, temperature, with_entropy, compute_dtype, h, kernel, targets)[0]
+
+
+def _head_stats_backward(tied, temperature, with_entropy, compute_dtype, residuals, cotangents):
+    h, kernel, targets, z, lse, entropy = residuals
+    g_lp, g_ent = cotangents
+    log_p = z - lse[:, None]
+    scale = g_lp if not with_entropy else g_lp + g_ent * entropy
+    # d logp / dz = onehot - p;  d H / dz = -p * (log p + H)
+    dz = -jnp.exp(log_p) * (scale[:, None] + (g_ent[:, None] * log_p if with_entropy else 0.0))
+    dz = dz + jnp.where(jnp.arange(z.shape[1])[None] == targets[:, None], g_lp[:, None], 0.0)
+    if temperature != 1.0:
+        dz = dz / temperature
+    dz = dz.astype(compute_dtype)
+    if tied:  # kernel [V, E]
+        dh = jnp.einsum("nv,ve->ne", dz, kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
+        dk = jnp.einsum("nv,ne->ve", dz, h.astype(compute_dtype), preferred_element_type=jnp.float32)
+    else:  # kernel [E, V]
+        dh = jnp.einsum("nv,ev->ne", dz, kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
+        dk = jnp.einsum("ne,nv->ev", h.astype(compute_dtype), dz, preferred_element_type=jnp.float32)
+    return dh.astype(h.dtype), dk.astype(kernel.dtype), None
+
+
+_head_stats.defvjp(_head_stats_forward, _head_stats_backward)
 
 
 def _head_params(config, params: dict) -> dict:
@@ -68,6 +147,9 @@ def chunked_token_stats(config, params, hidden, targets, chunk: int, *, temperat
 
     @jax.checkpoint
     def one(head, h_c, t_c):  # [B, C, E], [B, C] -> stats [B, C]
+        if not with_hits:
+            out = head_token_stats(config, head, h_c, t_c, temperature=temperature, with_entropy=with_entropy)
+            return {"logprobs": out[0], "entropy": out[1]} if with_entropy else {"logprobs": out}
         logits = lm_logits(config, head, h_c).astype(jnp.float32)
         if temperature != 1.0:
             logits = logits / temperature
@@ -104,20 +186,13 @@ def response_logprobs(model, params, input_ids, attention_mask, positions, promp
                                     logits_chunk, temperature=temperature, with_entropy=with_entropy)
         logp = jnp.pad(stats["logprobs"], pad)
         return (logp, jnp.pad(stats["entropy"], pad)) if with_entropy else logp
-    logits = lm_logits(model.config, params, hidden[:, start - 1:T - 1])  # [B, R, V], predicts start..T-1
-    logits = logits.astype(jnp.float32)
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, start:]
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # [B, R] from hidden[:, start-1 .. T-2], which predict tokens start .. T-1
+    out = head_token_stats(model.config, params, hidden[:, start - 1:T - 1], input_ids[:, start:],
+                           temperature=temperature, with_entropy=with_entropy)
     pad = ((0, 0), (start, 0))
-    logp = jnp.pad(picked - lse, pad)
     if not with_entropy:
-        return logp
-    probs = jnp.exp(logits - lse[..., None])
-    entropy = lse - jnp.sum(probs * logits, axis=-1)
-    return logp, jnp.pad(entropy, pad)
+        return jnp.pad(out, pad)
+    return jnp.pad(out[0], pad), jnp.pad(out[1], pad)
 
 
 def _shift_right(x: jnp.ndarray) -> jnp.ndarray:
