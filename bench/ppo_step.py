@@ -53,7 +53,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/peer.py, also when imported
 import peer as peer_lib  # noqa: E402
-from jaxstep import models  # noqa: E402
+from jaxstep import host_memory, models  # noqa: E402
 from jaxstep.rl import rollout as rollout_lib  # noqa: E402
 from jaxstep.rl import scorer as scorer_lib  # noqa: E402
 from jaxstep.rl import update as update_lib  # noqa: E402
@@ -149,6 +149,7 @@ def main(argv=None):
     critic_params = models.scalar_params_from_decoder(params, jax.random.key(1), cfg) if needs_critic else None
     rm_params = models.scalar_params_from_decoder(params, jax.random.key(2), cfg, std=1.0)
     n_params = sum(x.size for x in jax.tree.leaves(params))
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (jaxstep.host_memory)")
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}")
     print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
           f"{'untied' if args.untied else 'tied'} ({n_params / 1e6:.1f}M params); batch {B}, prompt {P}, "
@@ -273,4 +274,5 @@ def run_peer(peer, python, args, ours: dict, peak_before: float):
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()  # as `python -m jaxstep.main` does; the peer inherits it
     main()

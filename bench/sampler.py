@@ -29,7 +29,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from jaxstep import models  # noqa: E402
+from jaxstep import host_memory, models  # noqa: E402
 from jaxstep.models import hf, sampler  # noqa: E402
 
 
@@ -122,6 +122,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.batch, args.new, args.repeats = [8], [32], 1
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (jaxstep.host_memory)")
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}  load average: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     block = sampler.DECODE_BLOCK if args.block is None else args.block
@@ -148,4 +149,5 @@ def main():
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()  # as `python -m jaxstep.main` does; transformers runs in this process too
     main()

@@ -6,16 +6,20 @@ The config (an ml_collections file, preset after a colon, dotted overrides such 
 """
 from __future__ import annotations
 
-import importlib
-import logging
-import os
+if __name__ == "__main__":  # first, before JAX is imported: malloc on huge pages (jaxstep.host_memory)
+    from jaxstep import host_memory
+    host_memory.reexec_with_huge_pages()
 
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
 
-from jaxstep import config_lib, paths
-from jaxstep.parallel import distributed
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxstep import config_lib, paths  # noqa: E402
+from jaxstep.parallel import distributed  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally `path:preset`.",
