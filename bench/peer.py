@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+from jaxstep import host_memory
+
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 READY_MARK = ".jaxstep-peer-ready"  # written last, after a successful install: a half-made venv is redone
 
@@ -130,8 +132,11 @@ def _inside_checkout(path: pathlib.Path) -> bool:
 
 
 def _peer_env(platform: str | None = None) -> dict:
-    """Our environment less what would leak our packages into the peer's interpreter."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    """Our environment less what would leak our packages into the peer's interpreter, and as
+    it was before `jaxstep.host_memory` added its malloc tunable (the peer runs as it does
+    by default)."""
+    env = {k: v for k, v in host_memory.environ_before(dict(os.environ)).items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     if platform:
         env["JAX_PLATFORMS"] = platform
     return env

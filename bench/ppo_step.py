@@ -274,5 +274,5 @@ def run_peer(peer, python, args, ours: dict, peak_before: float):
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()  # as `python -m jaxstep.main` does; the peer inherits it
+    host_memory.reexec_with_huge_pages()  # as `python -m jaxstep.main` does; the peer runs without it
     main()

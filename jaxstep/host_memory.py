@@ -13,7 +13,9 @@ benchmarks) re-execute themselves once, before importing JAX, with the tunable a
 to `GLIBC_TUNABLES` (`reexec_with_huge_pages`): same process id, same command line.
 Nothing happens off Linux, with another C library or an older glibc, when the kernel's
 transparent huge pages are `[never]`, when `GLIBC_TUNABLES` already sets
-`glibc.malloc.hugetlb`, or with `JAXSTEP_MALLOC_HUGEPAGES=0`.
+`glibc.malloc.hugetlb`, or with `JAXSTEP_MALLOC_HUGEPAGES=0`. The benchmarks run their
+peer library in the environment as it was before (`environ_before`): each side as it
+runs by default.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import sys
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "JAXSTEP_MALLOC_HUGEPAGES"  # "0": leave malloc as it is
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+BEFORE = "JAXSTEP_GLIBC_TUNABLES_BEFORE"  # set by the re-exec: GLIBC_TUNABLES as it was
+_ABSENT = "<unset>"
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -57,7 +61,19 @@ def huge_pages_env(environ: dict, *, platform: str = sys.platform, glibc: tuple[
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:
         return None
-    return dict(environ, GLIBC_TUNABLES=f"{tunables}:{TUNABLE}" if tunables else TUNABLE)
+    return dict(environ, GLIBC_TUNABLES=f"{tunables}:{TUNABLE}" if tunables else TUNABLE,
+                **{BEFORE: environ.get("GLIBC_TUNABLES", _ABSENT)})
+
+
+def environ_before(environ: dict) -> dict:
+    """`environ` as it was before `reexec_with_huge_pages` added the tunable (for a child
+    process that should run as it would on its own, e.g. a benchmark's peer library)."""
+    if BEFORE not in environ:
+        return dict(environ)
+    env = {k: v for k, v in environ.items() if k not in (BEFORE, "GLIBC_TUNABLES")}
+    if environ[BEFORE] != _ABSENT:
+        env["GLIBC_TUNABLES"] = environ[BEFORE]
+    return env
 
 
 def reexec_with_huge_pages() -> None:

@@ -206,3 +206,14 @@ def test_tunix_peer_end_to_end(capsys):
     assert "matmul peak before ours" in out
     ratio_lines = [line for line in out.splitlines() if line.startswith("ratio vs Tunix: ")]
     assert len(ratio_lines) == 1 and float(ratio_lines[0].split(": ")[1].rstrip("x")) > 0
+
+
+def test_the_peer_runs_without_the_malloc_tunable_we_added(monkeypatch):
+    from jaxstep import host_memory
+    monkeypatch.setenv("GLIBC_TUNABLES", host_memory.TUNABLE)
+    monkeypatch.setenv(host_memory.BEFORE, "<unset>")
+    env = peer_lib._peer_env("cpu")
+    assert "GLIBC_TUNABLES" not in env and host_memory.BEFORE not in env and env["JAX_PLATFORMS"] == "cpu"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:" + host_memory.TUNABLE)
+    monkeypatch.setenv(host_memory.BEFORE, "glibc.malloc.arena_max=2")  # the user's own tunable stays
+    assert peer_lib._peer_env()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"

@@ -8,16 +8,22 @@ import sys
 import pytest
 
 from jaxstep import host_memory
-from jaxstep.host_memory import TUNABLE, huge_pages_env
+from jaxstep.host_memory import BEFORE, TUNABLE, environ_before, huge_pages_env
 
 HOST = dict(platform="linux", glibc=(2, 36), thp_mode="madvise")
 
 
 def test_when_the_environment_gets_the_tunable():
-    assert huge_pages_env({}, **HOST) == {"GLIBC_TUNABLES": TUNABLE}
-    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"}, **HOST) == {
-        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "1"}
+    assert huge_pages_env({}, **HOST) == {"GLIBC_TUNABLES": TUNABLE, BEFORE: "<unset>"}
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"}
+    assert huge_pages_env(mine, **HOST) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "1",
+        BEFORE: "glibc.malloc.arena_max=2"}
     assert huge_pages_env({}, **dict(HOST, thp_mode="always"))["GLIBC_TUNABLES"] == TUNABLE
+    # a peer process gets the environment as it was before
+    assert environ_before(huge_pages_env(mine, **HOST)) == mine
+    assert environ_before(huge_pages_env({"A": "1"}, **HOST)) == {"A": "1"}
+    assert environ_before(mine) == mine
     # nothing to do:
     assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, **HOST) is None  # the user's choice
     assert huge_pages_env({"JAXSTEP_MALLOC_HUGEPAGES": "0"}, **HOST) is None
@@ -55,7 +61,7 @@ def test_reexec_keeps_the_process_and_its_arguments():
     assert [line.split()[0] for line in lines] == ["before", "before", "after"]
     pid = lines[0].split()[1]
     assert lines[1].split()[1] == pid and lines[2].split()[1] == pid
-    assert lines[2].endswith(f"['arg1'] {TUNABLE}")
+    assert lines[2].endswith(f"['arg1'] {TUNABLE}")  # GLIBC_TUNABLES was unset here (_run)
     assert _run(REEXEC, JAXSTEP_MALLOC_HUGEPAGES="0").splitlines()[-1].endswith("['arg1'] None")
 
 
