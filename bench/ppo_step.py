@@ -30,6 +30,11 @@ attention scores counted over the full key length as computed) divided by its ti
 against the best f32 matmul rate measured in the same run. XLA's own count of the
 compiled update's FLOPs is printed beside it.
 
+Our side runs as `python -m jaxstep.main` runs a stage: the script re-executes itself
+once with glibc's huge-page malloc tunable (`jaxstep.host_memory`;
+`JAXSTEP_MALLOC_HUGEPAGES=0` to leave it out); the peer runs in the environment as it
+was before, as it runs by default.
+
 `--peer tunix` then runs Tunix's PPO learner (bench/peers/tunix_ppo.py, in its own
 virtualenv made once under `--peer-cache`, see bench/peer.py; or `--peer-python`) on
 random Qwen2 weights of the same shape for the same number of steps, timed the same

@@ -12,6 +12,9 @@ sides); "greedy" is argmax, tokens only on both sides (ours with `with_logprobs=
 as the evals run it; transformers' `generate` returns no scores by default; plain
 sampling's log-probs come free with the sample and are kept). Our compile time is
 excluded from the rate and reported; each side's time is the best of `--repeats` runs.
+Both sides run in this one process as a library caller runs them: without the malloc
+tunable that `python -m jaxstep.main` adds (`jaxstep.host_memory`; set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to measure both sides with it).
 transformers runs with 1 and with all torch threads and keeps the faster (on a busy
 2-core machine one thread is often several times faster: OpenMP threads spin against
 other processes).
@@ -29,7 +32,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from jaxstep import host_memory, models  # noqa: E402
+from jaxstep import models  # noqa: E402
 from jaxstep.models import hf, sampler  # noqa: E402
 
 
@@ -149,5 +152,4 @@ def main():
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()  # as `python -m jaxstep.main` does; transformers runs in this process too
     main()
