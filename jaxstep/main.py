@@ -2,7 +2,9 @@
 
 The config (an ml_collections file, preset after a colon, dotted overrides such as
 `--config.ppo.kl_coef=0.05`) names a `stage`; this module only dispatches to
-`jaxstep.stages.<stage>.run(config, workdir)`.
+`jaxstep.stages.<stage>.run(config, workdir)`. Run as a program, it first re-executes itself
+once with glibc's huge-page malloc tunable (`jaxstep.host_memory`; `JAXSTEP_MALLOC_HUGEPAGES=0`
+leaves malloc as it is).
 """
 from __future__ import annotations
 
