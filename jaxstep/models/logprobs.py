@@ -57,42 +57,34 @@ def head_token_stats(config, params: dict, hidden, targets, *, temperature: floa
     g_ent * (log p + H))`, then the two matmuls, instead of autodiff's chain of vocab-sized
     passes through max, exp, the gather's scatter and a transposed copy (`tests/test_head_stats.py`).
     """
-    tied = bool(config.tie_word_embeddings)
-    kernel = params["embed"]["embedding"] if tied else params["lm_head"]
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, hidden.shape[-1])
-    out = _head_stats(tied, float(temperature), bool(with_entropy), jnp.dtype(config.compute_dtype),
-                      h2, kernel, targets.reshape(-1).astype(jnp.int32))
+    out = _head_stats(config, float(temperature), bool(with_entropy), h2, _head_params(config, params),
+                      targets.reshape(-1).astype(jnp.int32))
     logp, entropy = (o.reshape(lead) for o in out)
     return (logp, entropy) if with_entropy else logp
 
 
-def _head_logits(tied, temperature, compute_dtype, h, kernel):
-    """`[N, E]` x kernel -> `[N, V]` float32 logits / temperature."""
-    spec = "ne,ve->nv" if tied else "ne,ev->nv"
-    z = jnp.einsum(spec, h.astype(compute_dtype), kernel.astype(compute_dtype),
-                   preferred_element_type=jnp.float32)
-    return z / temperature if temperature != 1.0 else z
-
-
-def _head_stats_forward(tied, temperature, with_entropy, compute_dtype, h, kernel, targets):
-    z = _head_logits(tied, temperature, compute_dtype, h, kernel)
+def _head_stats_forward(config, temperature, with_entropy, h, head, targets):
+    z = lm_logits(config, head, h)  # [N, V] float32
+    if temperature != 1.0:
+        z = z / temperature
     m = jax.lax.stop_gradient(z.max(-1, keepdims=True))
     e = jnp.exp(z - m)
     s = e.sum(-1)
     lse = m[:, 0] + jnp.log(s)
     picked = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
     entropy = lse - (e * z).sum(-1) / s if with_entropy else jnp.zeros_like(lse)
-    return (picked - lse, entropy), (h, kernel, targets, z, lse, entropy)
+    return (picked - lse, entropy), (h, head, targets, z, lse, entropy)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _head_stats(tied, temperature, with_entropy, compute_dtype, h, kernel, targets):
-    return _head_stats_forward(tied, temperature, with_entropy, compute_dtype, h, kernel, targets)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _head_stats(config, temperature, with_entropy, h, head, targets):
+    return _head_stats_forward(config, temperature, with_entropy, h, head, targets)[0]
 
 
-def _head_stats_backward(tied, temperature, with_entropy, compute_dtype, residuals, cotangents):
-    h, kernel, targets, z, lse, entropy = residuals
+def _head_stats_backward(config, temperature, with_entropy, residuals, cotangents):
+    h, head, targets, z, lse, entropy = residuals
     g_lp, g_ent = cotangents
     log_p = z - lse[:, None]
     scale = g_lp if not with_entropy else g_lp + g_ent * entropy
@@ -101,14 +93,16 @@ def _head_stats_backward(tied, temperature, with_entropy, compute_dtype, residua
     dz = dz + jnp.where(jnp.arange(z.shape[1])[None] == targets[:, None], g_lp[:, None], 0.0)
     if temperature != 1.0:
         dz = dz / temperature
-    dz = dz.astype(compute_dtype)
-    if tied:  # kernel [V, E]
-        dh = jnp.einsum("nv,ve->ne", dz, kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
-        dk = jnp.einsum("nv,ne->ve", dz, h.astype(compute_dtype), preferred_element_type=jnp.float32)
-    else:  # kernel [E, V]
-        dh = jnp.einsum("nv,ev->ne", dz, kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
-        dk = jnp.einsum("ne,nv->ev", h.astype(compute_dtype), dz, preferred_element_type=jnp.float32)
-    return dh.astype(h.dtype), dk.astype(kernel.dtype), None
+    cd = config.compute_dtype
+    dz = dz.astype(cd)
+    (kernel,) = jax.tree.leaves(head)  # the tied embedding [V, E] or lm_head [E, V] (`lm_logits`)
+    if config.tie_word_embeddings:
+        dh = jnp.einsum("nv,ve->ne", dz, kernel.astype(cd), preferred_element_type=jnp.float32)
+        dk = jnp.einsum("nv,ne->ve", dz, h.astype(cd), preferred_element_type=jnp.float32)
+    else:
+        dh = jnp.einsum("nv,ev->ne", dz, kernel.astype(cd), preferred_element_type=jnp.float32)
+        dk = jnp.einsum("ne,nv->ev", h.astype(cd), dz, preferred_element_type=jnp.float32)
+    return dh.astype(h.dtype), jax.tree.map(lambda _: dk.astype(kernel.dtype), head), None
 
 
 _head_stats.defvjp(_head_stats_forward, _head_stats_backward)
