@@ -116,6 +116,22 @@ def test_categorical_never_picks_zero_probability_tokens():
     assert set(draws.tolist()) == {7, 131, 299}
 
 
+
+@pytest.mark.parametrize("vocab", [5, 256, 300, 32000])
+def test_greedy_argmax_is_numpys_first_maximum(vocab):
+    """The two-level argmax equals numpy's (first index on ties) for vocabularies below,
+    at and across block boundaries, with ties inside and across blocks and -inf rows."""
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(size=(64, vocab)).astype(np.float32)
+    logits[1] = -np.inf  # every token masked: index 0, as numpy
+    logits[2, :] = 0.0  # a tie over the whole row
+    logits[3, [vocab - 1, vocab // 2]] = 9.0  # a tie across blocks: the earlier wins
+    logits[4, -1] = 9.0  # the last token (the padded last block)
+    logits[5] = np.round(logits[5])  # many ties at the maximum
+    got = np.asarray(sampler.greedy_argmax(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, logits.argmax(-1))
+    assert got.dtype == np.int32
+
 # ----------------------------------------------------------------------------- filters
 
 

@@ -42,6 +42,7 @@ from jaxstep.models.decoder import Decoder, cache_logical_axes, init_cache, lm_l
 Array = jax.Array
 
 _BLOCK = 128  # vocabulary block of the two-level inverse-CDF sampler
+_ARGMAX_BLOCK = 256  # vocabulary block of the two-level greedy argmax
 _TOP_P_HALVINGS = 24  # bisection steps of the nucleus threshold
 # New tokens per decode segment (see `decode_segments`): each segment's steps attend over
 # the cache up to the segment's end only. Responses of at most this many tokens compile to
@@ -74,15 +75,31 @@ class SampleOutput(NamedTuple):
 # ----------------------------------------------------------------------------- sampling
 
 
-def greedy_argmax(logits: Array) -> Array:
-    """First index of the row maximum, `[B, V]` -> `[B]` int32.
+def _first_max(x: Array) -> Array:
+    """First index of the row maximum over the last axis, `[..., n]` -> `[...]` int32:
+    two float reductions instead of XLA's variadic argmax reduce (about 6x faster on CPU)."""
+    n = x.shape[-1]
+    row_max = x.max(-1, keepdims=True)
+    reverse_index = jnp.arange(n, 0, -1, dtype=jnp.float32)  # exact below 2**24
+    return (n - jnp.max(jnp.where(x == row_max, reverse_index, 0.0), -1)).astype(jnp.int32)
 
-    Two float reductions instead of XLA's variadic argmax reduce (4x faster on CPU).
+
+def greedy_argmax(logits: Array) -> Array:
+    """First index of the row maximum, `[B, V]` -> `[B]` int32 (as `jnp.argmax`).
+
+    Two levels, as the sampler: the maxima of vocabulary blocks of `_ARGMAX_BLOCK`, the
+    first block holding the row maximum, then the first maximum inside it. One full
+    pass over the logits instead of two (the index pass runs on `[B, V / block]` and
+    `[B, block]`): about 3x faster than one level on a CPU at V = 32000.
     """
-    V = logits.shape[-1]
-    row_max = logits.max(-1, keepdims=True)
-    reverse_index = jnp.arange(V, 0, -1, dtype=jnp.float32)  # exact below 2**24
-    return (V - jnp.max(jnp.where(logits == row_max, reverse_index, 0.0), -1)).astype(jnp.int32)
+    B, V = logits.shape
+    block = min(_ARGMAX_BLOCK, V)
+    num_blocks = -(-V // block)
+    blocks = jnp.pad(logits, ((0, 0), (0, num_blocks * block - V)), constant_values=-jnp.inf)
+    blocks = blocks.reshape(B, num_blocks, block)
+    b = _first_max(blocks.max(-1))  # [B]: the first block whose maximum is the row maximum
+    inner = jnp.take_along_axis(blocks, b[:, None, None], 1)[:, 0]  # [B, block]
+    return b * block + _first_max(inner)
 
 
 def categorical(key: Array, logits: Array) -> Array:
