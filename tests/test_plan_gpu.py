@@ -5,12 +5,15 @@ it and fail when CI=true."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from jaxstep import config_lib
 from jaxstep.parallel import aot, gpu_targets
 from jaxstep.stages import plan
+
+import run_helpers
 
 
 def test_gpu_topologies_by_hand():
@@ -85,3 +88,36 @@ def test_plan_reports_a_gpu_too_small_and_rejects_cudnn_without_the_library(tmp_
     except ImportError:
         with pytest.raises(ValueError, match="attention=xla"):
             plan.run(_main_job("h100-8", model__attention="cudnn", plan__programs="sft"), str(tmp_path / "c"))
+
+
+@pytest.mark.usefixtures("cuda_plugin")
+def test_plan_for_h100_from_the_command_line_without_jax_platforms(tmp_path):
+    """`python -m jaxstep.main ... --config.plan.topology=h100-8` as a user types it, with
+    no JAX_PLATFORMS in the environment: the CUDA plugin's start-up check (no CUDA
+    libraries here) must not leave the plan without a GPU compiler."""
+    env = {k: v for k, v in run_helpers.child_env(devices=1).items() if k != "JAX_PLATFORMS"}
+    cmd = run_helpers.command("configs/ppo_prm_max.py", tmp_path, {
+        "stage": "plan", "plan.topology": "h100-8", "plan.programs": "sampler"})
+    proc = subprocess.run(cmd, env=env, cwd=run_helpers.REPO_ROOT, capture_output=True, text=True,
+                          timeout=run_helpers.LAUNCH_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["fits"] and report["programs"]["sampler"]["error"] is None
+    assert report["programs"]["sampler"]["hbm_bytes"] == 80 * 10 ** 9
+
+
+def test_plan_runs_on_the_host_cpu_unless_the_user_chose_platforms(monkeypatch):
+    """`plan.prepare` pins jax to the CPU before it starts, and keeps a JAX_PLATFORMS the
+    user set."""
+    calls = []
+    monkeypatch.setattr(plan.jax.config, "update", lambda name, value: calls.append((name, value)))
+    config = _main_job("h100-8")
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    plan.prepare(config)
+    assert calls == [("jax_platforms", "cpu")]
+    calls.clear()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu,tpu")
+    plan.prepare(config)
+    assert calls == []
+    plan.prepare(_main_job("cpu-4"))
+    assert calls == [("jax_num_cpu_devices", 4)]

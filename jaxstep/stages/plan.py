@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import time
 
 import jax
@@ -89,7 +90,19 @@ def _topology(config) -> aot.Topology:
 
 
 def prepare(config) -> None:
-    """Before jax starts (`jaxstep.main`): a cpu-N topology needs N host CPU devices."""
+    """Before jax starts (`jaxstep.main`): the plan compiles for a described target, so
+    this process runs on the host CPU alone, and a cpu-N topology needs N host CPU devices.
+
+    Without JAX_PLATFORMS, jax would start every backend it finds: a TPU VM's chips (held
+    while the plan compiles, and busy if a job runs there) and the CUDA plugin, whose
+    start-up check fails without the CUDA libraries and leaves h100-N/h200-N with no
+    compiler ("topology not implemented for cuda"). A JAX_PLATFORMS the user set is kept.
+    """
+    if not os.environ.get("JAX_PLATFORMS"):
+        try:
+            jax.config.update("jax_platforms", "cpu")
+        except RuntimeError:  # jax already started (a library caller): its platforms stay
+            pass
     topo = aot.parse_topology(config.plan.topology)
     if topo.is_cpu:
         try:
