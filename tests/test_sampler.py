@@ -116,7 +116,6 @@ def test_categorical_never_picks_zero_probability_tokens():
     assert set(draws.tolist()) == {7, 131, 299}
 
 
-
 @pytest.mark.parametrize("vocab", [5, 256, 300, 32000])
 def test_greedy_argmax_is_numpys_first_maximum(vocab):
     """The two-level argmax equals numpy's (first index on ties) for vocabularies below,
@@ -131,6 +130,7 @@ def test_greedy_argmax_is_numpys_first_maximum(vocab):
     got = np.asarray(sampler.greedy_argmax(jnp.asarray(logits)))
     np.testing.assert_array_equal(got, logits.argmax(-1))
     assert got.dtype == np.int32
+
 
 # ----------------------------------------------------------------------------- filters
 
