@@ -3,10 +3,12 @@
     python bench/sampler.py            # the issue's setting (CPU, float32)
     python bench/sampler.py --quick    # a smaller smoke run
     python bench/sampler.py --new 128,512 --batch 32,128   # one row per (batch, new, mode)
+    python bench/sampler.py --tied     # the LM head tied to the embedding
 
 Model: Qwen2, hidden 256, 4 layers, 4 heads, 2 KV heads, intermediate 688, vocab
-32000 (random weights, std 0.02 as HF's init); batch 32, prompts of 48-64 tokens
-(left-padded to 64), 128 new tokens, no EOS so both produce exactly 128 per row.
+32000, an untied LM head unless `--tied` (random weights, std 0.02 as HF's init);
+batch 32, prompts of 48-64 tokens (left-padded to 64), 128 new tokens, no EOS so
+both produce exactly 128 per row.
 "sampling" is plain sampling (temperature 1, no top-k/top-p, set explicitly on both
 sides); "greedy" is argmax, tokens only on both sides (ours with `with_logprobs=False`,
 as the evals run it; transformers' `generate` returns no scores by default; plain
@@ -46,7 +48,7 @@ def build(args):
     config = transformers.Qwen2Config(
         vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=4, num_key_value_heads=2, intermediate_size=args.intermediate,
-        max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=None,
+        max_position_embeddings=1024, tie_word_embeddings=args.tied, bos_token_id=None,
         eos_token_id=None, pad_token_id=0)
     hf_model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
@@ -121,6 +123,8 @@ def main():
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=688)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tied", action="store_true",
+                        help="tie the LM head to the embedding (as Qwen2.5 up to 3B, OPT); default untied")
     parser.add_argument("--quick", action="store_true", help="batch 8, 32 new tokens")
     args = parser.parse_args()
     if args.quick:
@@ -129,7 +133,8 @@ def main():
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}  load average: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     block = sampler.DECODE_BLOCK if args.block is None else args.block
-    print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; batch "
+    print(f"Qwen2 hidden {args.hidden}, {args.layers} layers, vocab {args.vocab} "
+          f"({'tied' if args.tied else 'untied'} LM head); batch "
           f"{','.join(map(str, args.batch))}, prompt {args.prompt}, "
           f"{','.join(map(str, args.new))} new tokens; float32; our decode_block {block}")
     hf_model, model, params = build(args)

@@ -15,11 +15,13 @@ in place: a donated buffer without crossing the jit boundary. Responses longer t
 while loop each over a cache that ends at the segment's end (grown between segments),
 so a step costs what the tokens so far cost, not the whole response's cache.
 
-Per step: one decoder call on one token per row, the LM head, and sampling by a
-two-level inverse CDF (a cumulative sum over blocks of 128 tokens, then inside the
-chosen block), which needs one uniform number per row instead of `vocab` Gumbel draws
-and no sort. top-k uses `lax.top_k`; top-p without top-k finds the nucleus threshold
-by bisection on the probability (24 halvings), also without a sort.
+Per step: one decoder call on one token per row, the LM head (`decode_logits`, logits
+`[vocab, batch]`: the `[vocab, embed]` head is not repacked every step), and the token
+choice (`jaxstep.models.token_choice`): sampling by a two-level inverse CDF (a
+cumulative sum over blocks of 128 tokens, then inside the chosen block), which needs
+one uniform number per row instead of `vocab` Gumbel draws and no sort. top-k uses
+`lax.top_k`; top-p without top-k finds the nucleus threshold by bisection on the
+probability (24 halvings), also without a sort.
 
 Works under a mesh: shard the prompt batch over (data, fsdp) and the params as usual;
 call inside `jaxstep.parallel.rules.activation_sharding(mesh, rules)` to also pin the
@@ -37,13 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstep.models.decoder import Decoder, cache_logical_axes, init_cache, lm_logits
+from jaxstep.models import token_choice as choice
+from jaxstep.models.decoder import Decoder, cache_logical_axes, decode_head, decode_logits, init_cache
 
 Array = jax.Array
 
-_BLOCK = 128  # vocabulary block of the two-level inverse-CDF sampler
-_ARGMAX_BLOCK = 256  # vocabulary block of the two-level greedy argmax
-_TOP_P_HALVINGS = 24  # bisection steps of the nucleus threshold
 # New tokens per decode segment (see `decode_segments`): each segment's steps attend over
 # the cache up to the segment's end only. Responses of at most this many tokens compile to
 # one loop over the whole cache.
@@ -72,109 +72,6 @@ class SampleOutput(NamedTuple):
     lengths: Array
 
 
-# ----------------------------------------------------------------------------- sampling
-
-
-def _vocab_blocks(x: Array, block: int, fill: float) -> Array:
-    """`[B, V]` -> `[B, ceil(V / block), block]` (block at most V), the last block padded
-    with `fill` (0 for weights, -inf for logits)."""
-    B, V = x.shape
-    block = min(block, V)
-    num_blocks = -(-V // block)
-    return jnp.pad(x, ((0, 0), (0, num_blocks * block - V)), constant_values=fill).reshape(B, num_blocks, block)
-
-
-def _block_of(blocks: Array, b: Array) -> Array:
-    """Row i's block `b[i]` of `blocks` `[B, nb, block]` -> `[B, block]`."""
-    return jnp.take_along_axis(blocks, b[:, None, None], 1)[:, 0]
-
-
-def _first_max(x: Array) -> Array:
-    """First index of the row maximum over the last axis, `[..., n]` -> `[...]` int32:
-    two float reductions instead of XLA's variadic argmax reduce (about 6x faster on CPU)."""
-    n = x.shape[-1]
-    row_max = x.max(-1, keepdims=True)
-    reverse_index = jnp.arange(n, 0, -1, dtype=jnp.float32)  # exact below 2**24
-    return (n - jnp.max(jnp.where(x == row_max, reverse_index, 0.0), -1)).astype(jnp.int32)
-
-
-def greedy_argmax(logits: Array) -> Array:
-    """First index of the row maximum, `[B, V]` -> `[B]` int32 (as `jnp.argmax`).
-
-    Two levels, as the sampler: the maxima of vocabulary blocks of `_ARGMAX_BLOCK`, the
-    first block holding the row maximum, then the first maximum inside it. One full
-    pass over the logits instead of two (the index pass runs on `[B, V / block]` and
-    `[B, block]`): about 3x faster than one level on a CPU at V = 32000.
-    """
-    blocks = _vocab_blocks(logits, _ARGMAX_BLOCK, -jnp.inf)
-    b = _first_max(blocks.max(-1))  # [B]: the first block whose maximum is the row maximum
-    return b * blocks.shape[2] + _first_max(_block_of(blocks, b))
-
-
-def categorical(key: Array, logits: Array) -> Array:
-    """One sample per row from softmax(`logits`) `[B, V]` (-inf allowed) -> `[B]` int32."""
-    return categorical_with_logprob(key, logits)[0]
-
-
-def categorical_with_logprob(key: Array, logits: Array) -> tuple[Array, Array]:
-    """Samples one token per row of `logits` `[B, V]`; returns it and its log-prob.
-
-    Two-level inverse CDF: block sums of exp(logits - max), a cumulative sum over the
-    blocks, then over the chosen block. Uses one uniform per row, never returns a
-    token of probability 0, and gets the log-normaliser for free from the block sums.
-    """
-    B = logits.shape[0]
-    row_max = logits.max(-1, keepdims=True)
-    weights = _vocab_blocks(jnp.exp(logits - row_max), _BLOCK, 0.0)
-    block = weights.shape[2]
-    block_sums = weights.sum(-1)  # [B, nb]
-    block_cdf = jnp.cumsum(block_sums, -1)
-    total = block_cdf[:, -1]
-    u = jax.random.uniform(key, (B,), jnp.float32) * total
-    b = jnp.minimum(jnp.sum(block_cdf <= u[:, None], -1), _last_positive(block_sums))
-    before = jnp.where(b > 0, jnp.take_along_axis(block_cdf, jnp.maximum(b - 1, 0)[:, None], 1)[:, 0], 0.0)
-    inner = _block_of(weights, b)
-    inner_cdf = jnp.cumsum(inner, -1)
-    j = jnp.minimum(jnp.sum(inner_cdf <= (u - before)[:, None], -1), _last_positive(inner))
-    token = (b * block + j).astype(jnp.int32)
-    chosen = jnp.take_along_axis(logits, token[:, None], 1)[:, 0]
-    return token, chosen - row_max[:, 0] - jnp.log(total)
-
-
-def _last_positive(x: Array) -> Array:
-    idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
-    return jnp.max(jnp.where(x > 0, idx, 0), -1)
-
-
-def top_p_filter(logits: Array, top_p: float) -> Array:
-    """Keeps the nucleus: the most probable tokens whose mass first reaches `top_p`.
-
-    Bisection on the probability threshold (no sort): keeps every token with
-    probability above the largest threshold whose kept mass is still >= top_p. Equal
-    to transformers' TopPLogitsWarper except that ties at the boundary are all kept.
-    """
-    probs = jax.nn.softmax(logits, -1)
-    lo = jnp.zeros(probs.shape[:-1] + (1,), probs.dtype)
-    hi = probs.max(-1, keepdims=True)
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        mass = jnp.sum(jnp.where(probs > mid, probs, 0.0), -1, keepdims=True)
-        enough = mass >= top_p
-        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, _TOP_P_HALVINGS, halve, (lo, hi))
-    return jnp.where(probs > lo, logits, -jnp.inf)
-
-
-def _sorted_top_p_mask(sorted_logits: Array, top_p: float) -> Array:
-    """Nucleus mask over logits sorted descending (exact transformers semantics)."""
-    probs = jax.nn.softmax(sorted_logits, -1)
-    mass_before = jnp.cumsum(probs, -1) - probs
-    return mass_before < top_p
-
-
 class _Static(NamedTuple):
     """Settings that change the compiled program (everything else is traced)."""
 
@@ -199,34 +96,37 @@ class _Dynamic(NamedTuple):
 
 
 def _choose(logits: Array, key: Array, st: _Static, dyn: _Dynamic) -> tuple[Array, Array, Array]:
-    """(token, raw log-prob, sampling log-prob), each `[B]`, from logits `[B, V]` f32.
-    Without `st.logprobs` the raw log-prob is 0 and its log-sum-exp is not computed (on
-    plain sampling it comes free with the sample)."""
+    """(token, raw log-prob, sampling log-prob), each `[B]`, from float32 logits `[V, B]`
+    (vocabulary-major, `decode_logits`). Without `st.logprobs` the raw log-prob is 0 and
+    its log-sum-exp is not computed (on plain sampling it comes free with the sample).
+    top-k and top-p work on the logits transposed to `[B, V]`."""
 
-    def raw_logprob(token):
+    def raw_logprob(logits, token, axis):
         if not st.logprobs:
             return jnp.zeros(token.shape, jnp.float32)
-        return jnp.take_along_axis(logits, token[:, None], 1)[:, 0] - jax.nn.logsumexp(logits, -1)
+        return choice.token_logprob(logits, token, axis)
 
     if st.greedy:
-        token = greedy_argmax(logits)
-        raw = raw_logprob(token)
+        token = choice.greedy_argmax(logits, 0)
+        raw = raw_logprob(logits, token, 0)
         return token, raw, jnp.zeros_like(raw)
     if st.plain:
-        token, sampling = categorical_with_logprob(key, logits)
+        token, sampling = choice.categorical_with_logprob(key, logits, 0)
         return token, sampling, sampling
+    if not (st.top_k or st.top_p):
+        token, sampling = choice.categorical_with_logprob(key, logits / dyn.temperature, 0)
+        return token, raw_logprob(logits, token, 0), sampling
+    logits = logits.T
     scaled = logits / dyn.temperature
     if st.top_k:
         values, indices = jax.lax.top_k(scaled, st.top_k)  # sorted descending
         if st.top_p:
-            values = jnp.where(_sorted_top_p_mask(values, dyn.top_p), values, -jnp.inf)
-        choice, sampling = categorical_with_logprob(key, values)
-        token = jnp.take_along_axis(indices, choice[:, None], 1)[:, 0].astype(jnp.int32)
+            values = jnp.where(choice.sorted_top_p_mask(values, dyn.top_p), values, -jnp.inf)
+        picked, sampling = choice.categorical_with_logprob(key, values)
+        token = jnp.take_along_axis(indices, picked[:, None], 1)[:, 0].astype(jnp.int32)
     else:
-        if st.top_p:
-            scaled = top_p_filter(scaled, dyn.top_p)
-        token, sampling = categorical_with_logprob(key, scaled)
-    return token, raw_logprob(token), sampling
+        token, sampling = choice.categorical_with_logprob(key, choice.top_p_filter(scaled, dyn.top_p))
+    return token, raw_logprob(logits, token, 1), sampling
 
 
 def _hits_stop(recent: Array, token: Array, dyn: _Dynamic) -> Array:
@@ -280,11 +180,12 @@ def _build(model: Decoder, st: _Static):
     cfg = model.config
     N = st.max_new_tokens
 
-    def step_logits(params, token, position, cache, slot):
-        logits, cache = model.apply({"params": params}, token[:, None],
+    def step_logits(params, head, token, position, cache, slot):
+        hidden, cache = model.apply({"params": params}, token[:, None],
                                     attention_mask=jnp.ones_like(token[:, None], bool),
-                                    positions=position[:, None], cache=cache, cache_index=slot)
-        return logits[:, 0], cache
+                                    positions=position[:, None], cache=cache, cache_index=slot,
+                                    lm_head=False)
+        return decode_logits(cfg, head, hidden[:, 0]), cache
 
     segments = decode_segments(N, st.decode_block)
 
@@ -296,7 +197,8 @@ def _build(model: Decoder, st: _Static):
         cache = nn.with_logical_constraint(cache, cache_logical_axes(cfg))
         hidden, cache = model.apply({"params": params}, ids, attention_mask=mask, cache=cache,
                                     cache_index=0, lm_head=False)
-        logits = lm_logits(cfg, params, hidden[:, -1])
+        head = decode_head(cfg, params)  # [V, E], made once for every step
+        logits = decode_logits(cfg, head, hidden[:, -1])
 
         def emit(t, logits, state):
             tokens, logprobs, sampling, out_mask, done, recent = state
@@ -318,7 +220,7 @@ def _build(model: Decoder, st: _Static):
 
         def body(carry):
             t, token, cache, state = carry
-            logits, cache = step_logits(params, token, prompt_lengths + t - 1, cache, P + t - 1)
+            logits, cache = step_logits(params, head, token, prompt_lengths + t - 1, cache, P + t - 1)
             token, state = emit(t, logits, state)
             return t + 1, token, cache, state
 
