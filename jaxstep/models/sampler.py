@@ -16,12 +16,12 @@ while loop each over a cache that ends at the segment's end (grown between segme
 so a step costs what the tokens so far cost, not the whole response's cache.
 
 Per step: one decoder call on one token per row, the LM head (`decode_logits`, logits
-`[vocab, batch]`: the `[vocab, embed]` head is not repacked every step), and the token
-choice (`jaxstep.models.token_choice`): sampling by a two-level inverse CDF (a
-cumulative sum over blocks of 128 tokens, then inside the chosen block), which needs
-one uniform number per row instead of `vocab` Gumbel draws and no sort. top-k uses
-`lax.top_k`; top-p without top-k finds the nucleus threshold by bisection on the
-probability (24 halvings), also without a sort.
+`[vocab, batch]`, with the `[vocab, embed]` head as the matmul's left operand: the faster
+way round on a CPU at a few rows), and the token choice (`jaxstep.models.token_choice`):
+sampling by a two-level inverse CDF (a cumulative sum over blocks of 128 tokens, then
+inside the chosen block), which needs one uniform number per row instead of `vocab`
+Gumbel draws and no sort. top-k uses `lax.top_k`; top-p without top-k finds the nucleus
+threshold by bisection on the probability (24 halvings), also without a sort.
 
 Works under a mesh: shard the prompt batch over (data, fsdp) and the params as usual;
 call inside `jaxstep.parallel.rules.activation_sharding(mesh, rules)` to also pin the
