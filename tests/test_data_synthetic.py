@@ -203,3 +203,51 @@ def test_bad_knobs_are_rejected():
         synthetic.generate(1, split="valid")
     with pytest.raises(TypeError):
         synthetic.generate(1, nonsense=3)
+
+
+# ---------------------------------------------------------------- easy and hard sources
+
+def test_easy_and_hard_sources_by_hand():
+    easy = load("synthetic_easy", "test", limit=200)
+    hard = load("synthetic_hard", "test", limit=200)
+    for problems, name, steps, ops, largest in ((easy, "synthetic_easy", {2, 3}, set("+-*"), 100),
+                                                (hard, "synthetic_hard", {4, 5}, set("+-*/"), 500)):
+        assert {p.source for p in problems} == {name}
+        assert all(p.id.startswith(f"{name}/test/") for p in problems)
+        assert {len(p.steps) for p in problems} == steps  # both step counts occur
+        used = {op for p in problems for s in p.steps for op in re.findall(r" ([-+*/]) ", s)}
+        assert used == ops  # easy never divides; hard uses all four operations
+        assert max(int(x) for p in problems for s in p.steps for x in re.findall(r"= (\d+)", s)) <= largest
+        # Every reference is right by the independent evaluator above.
+        for p in problems[:50]:
+            assert all(independent_labels(p.question, list(p.steps) + [f"#### {p.answer}"], p.answer))
+    # Hard problems have larger numbers: the mean final answer is several times the easy one's.
+    assert np.mean([int(p.answer) for p in hard]) > 2 * np.mean([int(p.answer) for p in easy])
+    assert synthetic.is_synthetic("synthetic_hard") and not synthetic.is_synthetic("gsm8k")
+
+
+def test_level_sources_are_deterministic_and_fixed():
+    a = synthetic.generate(20, split="train", seed=3, source="synthetic_hard")
+    assert a == synthetic.generate(20, split="train", seed=3, source="synthetic_hard")
+    assert all(synthetic.split_of(p.question) == "train" for p in a)
+    with pytest.raises(ValueError, match="fixed knobs"):
+        synthetic.generate(5, source="synthetic_easy", max_steps=5)
+    with pytest.raises(ValueError, match="unknown synthetic source"):
+        synthetic.generate(5, source="synthetic_medium")
+
+
+def test_redundant_solutions_repeat_one_correct_step():
+    problems = synthetic.generate(40, split="train", seed=1)
+    out = step_checks.with_redundant_solutions(problems, 0.25, seed=0)
+    changed = [(a, b) for a, b in zip(problems, out) if a != b]
+    assert len(out) == 40 and len(changed) == 10  # a quarter, order kept
+    for before, after in changed:
+        assert len(after.steps) == len(before.steps) + 1 and after.answer == before.answer
+        i = next(i for i in range(len(after.steps) - 1) if after.steps[i] == after.steps[i + 1])
+        assert after.steps[:i] + after.steps[i + 1:] == before.steps  # one step written twice in a row
+        # The copy is right arithmetic on known numbers: a PRM's exact labels call it correct.
+        assert all(step_checks.label_steps(before, list(after.steps), rule="reference"))
+    assert step_checks.with_redundant_solutions(problems, 0.25, seed=0) == out  # deterministic
+    assert step_checks.with_redundant_solutions(problems, 0.0, seed=0) == problems
+    with pytest.raises(ValueError, match="redundant fraction"):
+        step_checks.with_redundant_solutions(problems, 1.5, seed=0)

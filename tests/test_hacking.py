@@ -55,3 +55,43 @@ def test_custom_delimiter():
     stats = hacking.hacking_stats([text], delimiter=" ки ")
     assert stats["num_steps"] == 4
     assert stats["repeated_step_fraction"] == pytest.approx(1 / 4)
+
+
+def test_hacked_responses_by_hand():
+    repeat = "Ann has 5 + 3 = 8 apples.\nAnn has 5 + 3 = 8 apples.\n#### 8"
+    extra = "Ann has 5 + 3 = 8 apples.\nAnn has 8 - 2 = 6 apples.\nAnn has 6 * 1 = 6 apples.\n#### 6"
+    assert hacking.hack_kinds(HONEST, needed=3) == ()
+    assert not hacking.is_hacked(HONEST, needed=3)
+    assert hacking.hack_kinds(repeat, needed=3) == ("repeat",)  # 3 steps: not extra
+    assert hacking.hack_kinds(extra, needed=3) == ("extra",)
+    assert hacking.hack_kinds(extra) == ()  # needed unknown: extra steps are not checked
+    assert hacking.hack_kinds(FARMING, needed=3) == ("repeat", "empty", "extra")
+    assert hacking.hack_kinds("Let us think.\n#### 6", needed=3) == ("empty",)
+    assert hacking.hack_kinds(EMPTY, needed=3) == ()  # nothing written farms nothing
+    # Share over responses, extra steps only where `needed` is known.
+    stats = hacking.hacking_stats([HONEST, repeat, extra, extra], needed=[3, 3, 3, None])
+    assert stats["hacked_fraction"] == pytest.approx(2 / 4)
+    assert hacking.hacking_stats([extra])["hacked_fraction"] == 0.0
+
+
+def test_needed_steps_from_the_problem():
+    from jaxstep.data import Problem
+    synthetic = Problem("q", ("a 1 + 1 = 2 b.", "a 2 + 1 = 3 b."), "3", "synthetic", 2, "chain", "x")
+    assert hacking.needed_steps(synthetic) == 3  # two computations and the answer line
+    assert hacking.needed_steps(Problem("q", ("s1", "s2"), "3", "gsm8k", None, None, "y")) is None
+
+
+def test_eval_rows_hacked_shares():
+    repeat = "Ann has 5 + 3 = 8 apples.\nAnn has 5 + 3 = 8 apples.\n#### 8"
+    rows = [{"response": HONEST, "correct": True, "needed_steps": 3,
+             "samples": [{"response": repeat}, {"response": HONEST}]},
+            {"response": repeat, "correct": False, "needed_steps": 2,
+             "samples": [{"response": repeat}, {"response": repeat}]}]
+    stats = hacking.eval_hacking_stats(rows, "\n")
+    assert stats["hacked_fraction"] == pytest.approx(1 / 2)  # greedy: the second row
+    assert stats["sampled_hacked_fraction"] == pytest.approx(3 / 4)
+    assert stats["sampled_num_steps"] == pytest.approx(3.0)
+    assert "sampled_hacked_fraction" not in hacking.eval_hacking_stats([dict(rows[0], samples=[])], "\n")
+    # Standard errors over problems: greedy values 0, 1; sampled shares 0.5, 1.
+    assert stats["hacked_fraction_se"] == pytest.approx(np.std([0, 1], ddof=1) / np.sqrt(2))
+    assert stats["sampled_hacked_fraction_se"] == pytest.approx(np.std([0.5, 1], ddof=1) / np.sqrt(2))

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from jaxstep.data import steps as steps_lib
 from jaxstep.data.jsonio import JsonRecord, get_field, iter_records
+from jaxstep.data import synthetic
 from jaxstep.data.problem import DataError, ErrorPolicy, Problem, Records, UnusableRecord
 
 DATA_DIR_ENV = "JAXSTEP_DATA_DIR"
@@ -96,9 +97,8 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
     if strict and skip_bad_records:
         raise ValueError("strict=True and skip_bad_records=True contradict each other")
     parse_kw = {k: kw.pop(k) for k in ("keep_calculator", "math_steps") if k in kw}
-    if source == "synthetic":
-        from jaxstep.data import synthetic  # noqa: PLC0415
-        return Records(synthetic.load_split(split, limit=limit, seed=seed, **kw))
+    if synthetic.is_synthetic(source):
+        return Records(synthetic.load_split(split, limit=limit, seed=seed, source=source, **kw))
     policy = ErrorPolicy(skip_bad_records, skip_unusable=not strict)
     if source.startswith("hf:"):
         rows = _hf_rows(source[3:], split, kw.pop("hf_config", None), kw.pop("hf_kwargs", None))
@@ -124,6 +124,7 @@ def load(source: str, split: str = "train", *, limit: int | None = None,
     else:
         raise ValueError(
             f"unknown data source {source!r}: expected gsm8k | math | math500 | synthetic | "
+            "synthetic_easy | synthetic_hard | "
             "an existing file or folder | hf:<name> | tfds:<name>")
     problems = []
     for problem in items:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jaxstep.data import synthetic
 from jaxstep.data.problem import DataError, Problem, Records
 from jaxstep.data.readers import load as load_source
 
@@ -71,10 +72,11 @@ def load_source_problems(config, source: str, split: str, limit: int | None = No
     `data.num_train` for train, `data.num_eval` otherwise) with the config's knobs;
     real sets: the first `limit` (None or 0 = all)."""
     d = config.data
-    if source == "synthetic":
+    if synthetic.is_synthetic(source):  # "synthetic" takes the config's knobs, LEVELS their own
         n = limit if limit else (d.num_train if split == "train" else d.num_eval)
         seed = config.seed if split == "train" else EVAL_SEED
-        return Records(load_source("synthetic", split, limit=n, seed=seed, **synthetic_difficulty(config)))
+        knobs = synthetic_difficulty(config) if source == "synthetic" else {}
+        return Records(load_source(source, split, limit=n, seed=seed, **knobs))
     kw = {"data_dir": d.data_dir} if d.data_dir and source in ("gsm8k", "math", "math500") else {}
     records = load_source(source, split, limit=limit or None, skip_bad_records=d.skip_bad_records, **kw)
     if not records:  # an empty file, or every record skipped: never run on zero problems

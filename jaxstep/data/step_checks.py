@@ -152,6 +152,32 @@ def label_steps(problem: Problem, solution_steps: Sequence[str], *, rule: str = 
     return labels
 
 
+# ---------------------------------------------------------------------------- redundancy
+
+def with_repeated_step(problem: Problem, key: Any) -> Problem:
+    """`problem` with one of its reference steps (drawn with `key`) written twice in a row:
+    a correct but unnecessary step, the kind of redundancy real solutions have and a PRM
+    rates as correct (`label_steps` labels the copy correct). A problem without steps is
+    returned as is."""
+    if not problem.steps:
+        return problem
+    k = randint(as_numpy_rng(key), 0, len(problem.steps) - 1)
+    steps = problem.steps[:k + 1] + problem.steps[k:]
+    return dataclasses.replace(problem, steps=steps)
+
+
+def with_redundant_solutions(problems: Sequence[Problem], fraction: float, seed: int) -> list[Problem]:
+    """`problems` where a `fraction` of them, drawn with `seed`, repeat one reference step
+    (`with_repeated_step`); the rest unchanged, the order kept."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the redundant fraction must be in [0, 1], got {fraction}")
+    if fraction == 0.0:
+        return list(problems)
+    rng = as_numpy_rng(seed)
+    chosen = set(rng.permutation(len(problems))[:int(round(fraction * len(problems)))].tolist())
+    return [with_repeated_step(p, rng) if i in chosen else p for i, p in enumerate(problems)]
+
+
 # ---------------------------------------------------------------------------- corruption
 
 @dataclasses.dataclass(frozen=True)

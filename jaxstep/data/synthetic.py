@@ -280,8 +280,27 @@ def _well_formed(question: str, steps: list[_Step], d: Difficulty) -> bool:
             and 0 <= min(results) and max(results) <= d.max_result)
 
 
-def sample_problem(rng: np.random.Generator, difficulty: Difficulty = Difficulty()) -> Problem:
-    """One random problem (any split). Retries until the guarantees above hold."""
+# Two fixed difficulties that stand for GSM8K and MATH in the miniature's studies (easy
+# against hard problems, mixes of both): each is a `load` source of its own, and its
+# problems carry its name as `Problem.source`. Easy: 2-3 steps, small numbers, no
+# division; hard: 4-5 steps, larger numbers, all four operations.
+LEVELS = {
+    "synthetic_easy": Difficulty(min_steps=2, max_steps=3, max_value=10, max_factor=5,
+                                 max_result=100, ops="+-*"),
+    "synthetic_hard": Difficulty(min_steps=4, max_steps=5, max_value=30, max_factor=9,
+                                 max_result=500, ops="+-*/"),
+}
+SOURCES = ("synthetic", *LEVELS)
+
+
+def is_synthetic(source: str) -> bool:
+    """Whether `source` names built-in synthetic problems ("synthetic" or a LEVELS name)."""
+    return source in SOURCES
+
+
+def sample_problem(rng: np.random.Generator, difficulty: Difficulty = Difficulty(),
+                   source: str = "synthetic") -> Problem:
+    """One random problem (any split), named `source`. Retries until the guarantees above hold."""
     k = randint(rng, difficulty.min_steps, difficulty.max_steps)
     template = pick(rng, difficulty.usable_templates())
     for _ in range(1000):
@@ -293,23 +312,30 @@ def sample_problem(rng: np.random.Generator, difficulty: Difficulty = Difficulty
         if not _well_formed(question, steps, difficulty):
             continue
         digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
-        return Problem(question, tuple(s.text() for s in steps), str(steps[-1].c), "synthetic",
-                       len(steps), template, f"synthetic/{split_of(question)}/{digest}")
+        return Problem(question, tuple(s.text() for s in steps), str(steps[-1].c), source,
+                       len(steps), template, f"{source}/{split_of(question)}/{digest}")
     raise ValueError(f"could not build a problem with {difficulty}: the knobs are too tight")
 
 
-def generate(num_problems: int, *, split: str = "train", seed: Any = 0, **difficulty: Any) -> list[Problem]:
+def generate(num_problems: int, *, split: str = "train", seed: Any = 0, source: str = "synthetic",
+             **difficulty: Any) -> list[Problem]:
     """`num_problems` distinct problems of one split, deterministic in (seed, knobs).
 
     Args:
       num_problems: how many.
       split: "train" or "test"; decided per problem by `split_of(question)`.
       seed: int seed, jax key or numpy Generator.
+      source: "synthetic" (the knobs below) or a LEVELS name (its fixed knobs; passing
+        knobs too is an error).
       **difficulty: fields of `Difficulty` (min_steps, max_steps, max_value, ...).
     """
     if split not in ("train", "test"):
         raise ValueError(f"synthetic split must be 'train' or 'test', got {split!r}")
-    knobs = Difficulty(**difficulty)
+    if source not in SOURCES:
+        raise ValueError(f"unknown synthetic source {source!r}: expected one of {SOURCES}")
+    if source in LEVELS and difficulty:
+        raise ValueError(f"{source} has fixed knobs ({LEVELS[source]}); got {sorted(difficulty)} too")
+    knobs = LEVELS[source] if source in LEVELS else Difficulty(**difficulty)
     rng = as_numpy_rng(seed)
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -320,7 +346,7 @@ def generate(num_problems: int, *, split: str = "train", seed: Any = 0, **diffic
         if attempts > budget:
             raise ValueError(f"only {len(problems)} distinct {split} problems found in {budget} draws "
                              f"with {knobs}; widen the knobs or ask for fewer")
-        problem = sample_problem(rng, knobs)
+        problem = sample_problem(rng, knobs, source)
         if problem.question in seen or split_of(problem.question) != split:
             continue
         seen.add(problem.question)
@@ -329,7 +355,8 @@ def generate(num_problems: int, *, split: str = "train", seed: Any = 0, **diffic
 
 
 def load_split(split: str, *, limit: int | None = None, seed: Any = 0,
-               num_problems: int | None = None, **difficulty: Any) -> list[Problem]:
-    """`load("synthetic", split)`: `limit` (or `num_problems`, or 5000 train / 500 test) problems."""
+               num_problems: int | None = None, source: str = "synthetic", **difficulty: Any) -> list[Problem]:
+    """`load(source, split)` for the SOURCES: `limit` (or `num_problems`, or 5000 train /
+    500 test) problems."""
     n = limit if limit is not None else (num_problems if num_problems is not None else DEFAULT_SIZES.get(split, 0))
-    return generate(n, split=split, seed=seed, **difficulty)
+    return generate(n, split=split, seed=seed, source=source, **difficulty)

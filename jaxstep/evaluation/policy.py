@@ -34,7 +34,8 @@ def make_rows(greedy: Sequence[generation.Decoded], sampled: Sequence[generation
         row = {"id": p.id, "source": p.source, "level": p.level, "subject": p.subject,
                "question": p.question, "reference": p.answer, "response": result.text,
                "answer": result.answer, "correct": bool(result.correct),
-               "num_tokens": result.num_tokens, "finished": result.finished}
+               "num_tokens": result.num_tokens, "finished": result.finished,
+               "needed_steps": hacking.needed_steps(p)}
         if result.prompt_truncated:  # only then, so that other rows stay as they were
             row["prompt_truncated"] = True
         if sampled:

@@ -7,6 +7,7 @@ Reusable pieces (every function writes nothing unless it is given a path):
     md = markdown_table(["set", "n", "accuracy"], [[...], ...])
     plot_accuracy_bars({"sft": 0.41, "ppo": 0.52}, "acc.png", title="Greedy accuracy")
     plot_metric_curves({"sft": read_metrics(p)}, ["loss"], "loss.png")
+    plot_metric_curves(runs, ["reward"], "r.png", smooth=10, reference={"reward": 0.3})
     write_markdown("report.md", "# Title", md, ...)
 
 Matplotlib runs on the non-interactive Agg backend (no display needed).
@@ -123,13 +124,39 @@ def metric_series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[flo
     return steps, values
 
 
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average: point i is the mean of values[i - window + 1 : i + 1], the
+    first points averaged over what exists so far; window <= 1 returns the values.
+
+        moving_average([1, 2, 3, 4], 2) -> [1.0, 1.5, 2.5, 3.5]
+    """
+    values = [float(v) for v in values]
+    if window <= 1:
+        return values
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_metric_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str], path: str, *,
-                       title: str = "", xlabel: str = "step") -> str | None:
+                       title: str = "", xlabel: str = "step", smooth: int = 0,
+                       reference: Mapping[str, float] | None = None, reference_label: str = "SFT",
+                       titles: Mapping[str, str] | None = None) -> str | None:
     """One panel per metric key, one line per run; returns `path`, or None if no data.
 
     Args:
-      runs: {run name: rows of its metrics.jsonl} (see `jaxstep.metrics.read_metrics`).
+      runs: {run name: rows of its metrics.jsonl} (see `jaxstep.metrics.read_metrics`);
+        each run keeps one colour in every panel.
       keys: metric names to plot (a key no run has is left out).
+      smooth: if > 0, each run's `moving_average` over this many points as a solid line,
+        its raw values faint behind it in the same colour; 0: the raw values only.
+      reference: {key: level}, e.g. the starting policy's value: a dashed grey line
+        labelled `reference_label` in that key's panel (keys without a value get none).
+      titles: {key: panel title}; default the key.
     """
     keys = [k for k in keys if any(metric_series(rows, k)[0] for rows in runs.values())]
     if not keys:
@@ -137,14 +164,18 @@ def plot_metric_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Se
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for name, rows in runs.items():
+        for i, (name, rows) in enumerate(runs.items()):
             xs, ys = metric_series(rows, key)
             if xs:
-                ax.plot(xs, ys, label=name or None, marker="." if len(xs) < 30 else None)
-        ax.set_title(key, fontsize=10)
+                _plot_series(ax, xs, ys, name, f"C{i}", smooth)
+        level = (reference or {}).get(key)
+        has_reference = isinstance(level, (int, float)) and not isinstance(level, bool) and math.isfinite(level)
+        if has_reference:
+            ax.axhline(float(level), color="grey", linestyle="--", linewidth=1, label=reference_label)
+        ax.set_title((titles or {}).get(key, key), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        if len(runs) > 1:
+        if len(runs) > 1 or has_reference:
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
@@ -152,6 +183,15 @@ def plot_metric_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Se
     _save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def _plot_series(ax, xs: list[float], ys: list[float], name: str, color: str, smooth: int) -> None:
+    marker = "." if len(xs) < 30 else None
+    if smooth <= 0:
+        ax.plot(xs, ys, label=name or None, marker=marker, color=color)
+        return
+    ax.plot(xs, ys, marker=marker, color=color, alpha=0.25, linewidth=1)
+    ax.plot(xs, moving_average(ys, smooth), label=name or None, color=color, linewidth=1.8)
 
 
 # ----------------------------------------------------------------------------- files

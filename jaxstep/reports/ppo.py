@@ -10,7 +10,7 @@ from jaxstep.reports import markdown as report
 # Metrics averaged over the first / last iterations for the summary and the report.
 SUMMARY_KEYS = ("score", "reward", "kl", "kl_coef", "rollout_accuracy", "rm_score", "num_steps",
                 "response_length", "repeated_step_fraction", "empty_step_fraction",
-                "finished_fraction", "entropy", "value_loss", "clip_fraction")
+                "finished_fraction", "hacked_fraction", "entropy", "value_loss", "clip_fraction")
 
 
 CURVES = (("reward", "score", "kl", "rollout_accuracy"),
@@ -42,8 +42,8 @@ def window_means(rows, keys, *, first: bool, fraction: float = 0.1) -> dict[str,
 
 def hacking_table(columns: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per hacking statistic, one column per run/window."""
-    keys = ["rollout_accuracy", "rm_score", "num_steps", "response_length", "repeated_step_fraction",
-            "empty_step_fraction", "finished_fraction", "kl"]
+    keys = ["rollout_accuracy", "rm_score", "hacked_fraction", "num_steps", "response_length",
+            "repeated_step_fraction", "empty_step_fraction", "finished_fraction", "kl"]
     names = dict(hacking.STAT_NAMES, rollout_accuracy="accuracy of these responses", kl="KL to the SFT policy")
     # Eval columns (hacking.hacking_stats of greedy responses) call their accuracy "accuracy".
     columns = {name: dict(c, rollout_accuracy=c.get("rollout_accuracy", c.get("accuracy")))

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxstep import generation, paths, workdir as workdir_lib
-from jaxstep.data import formatting, sources
+from jaxstep.data import formatting, sources, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.problem import Problem
 from jaxstep.rm import labels as labels_lib
@@ -130,7 +130,7 @@ def _label_samples(problems, texts, delimiter, rule):
     """Exact step labels where the problem is synthetic, outcome labels elsewhere."""
     out = []
     for p, t in zip(problems, texts):
-        if p.source == "synthetic":
+        if synthetic.is_synthetic(p.source):
             out.extend(labels_lib.exact_labels([p], [t], delimiter=delimiter, rule=rule))
         else:
             out.extend(labels_lib.outcome_labels([p], [t], delimiter=delimiter))
@@ -158,7 +158,7 @@ def _contrast_solutions(config, problems: Sequence[Problem], key: jax.Array) -> 
     r = config.rm
     if r.contrast_problems > len(problems):
         problems = sources.load_problems(config, config.data.train_sources, "train", limit=r.contrast_problems)
-    problems = [p for p in problems if p.source == "synthetic"][:r.contrast_problems or None]
+    problems = [p for p in problems if synthetic.is_synthetic(p.source)][:r.contrast_problems or None]
     out: list = []
     k_c = jax.random.fold_in(key, 7)
     for share, make in ((r.corrupted_per_problem, lambda ps, k: labels_lib.corrupted_solutions(
@@ -229,12 +229,12 @@ def build_data(config, workdir: str, kind: str, generator, mesh, key: jax.Array)
         info["sample_accuracy"] = float(np.mean([x.correct for x in decoded])) if decoded else None
         if kind == "orm":
             records = labels_lib.outcome_labels(sample_problems, texts, delimiter=delimiter)
-            synthetic_problems = [p for p in problems if p.source == "synthetic"]
+            synthetic_problems = [p for p in problems if synthetic.is_synthetic(p.source)]
             records += _contrast_solutions(config, synthetic_problems, k_balance)
             records = labels_lib.balance_classes(records, synthetic_problems, k_balance,
                                                  min_fraction=r.min_class_fraction, by="outcome")
         elif r.labels == "exact":
-            if any(p.source != "synthetic" for p in problems):
+            if any(not synthetic.is_synthetic(p.source) for p in problems):
                 raise ValueError("rm.labels='exact' needs synthetic problems (data.train_sources="
                                  f"{d.train_sources!r}); use montecarlo or prm800k for real data")
             records = labels_lib.exact_labels(sample_problems, texts, delimiter=delimiter, rule=r.label_rule)

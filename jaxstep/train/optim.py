@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules of the training stages (optax).
 
 SFT and reward models: AdamW with linear warmup and cosine decay (`make_optimizer`).
-PPO: Adam with linear warmup, then constant, counted in iterations
+PPO: Adam with linear warmup, then constant or a linear decay, counted in iterations
 (`ppo_optimizer`).
 """
 from __future__ import annotations
@@ -42,14 +42,18 @@ def make_optimizer(sft_config) -> optax.GradientTransformation:
 
 def ppo_schedule(learning_rate: float, p, *, frozen_iterations: int = 0) -> optax.Schedule:
     """Per optimizer update: 0 for `frozen_iterations` PPO iterations, then a linear warmup
-    over `ppo.warmup_steps` iterations to `learning_rate`, then constant. (An iteration
-    is `ppo.epochs * ppo.minibatches` updates.)"""
+    over `ppo.warmup_steps` iterations to `learning_rate`, then a linear decay to
+    `learning_rate * ppo.end_lr_ratio` at the last of the `ppo.steps` iterations (1.0:
+    constant). (An iteration is `ppo.epochs * ppo.minibatches` updates.)"""
     per_iteration = p.epochs * p.minibatches
     frozen, warmup = frozen_iterations * per_iteration, p.warmup_steps * per_iteration
+    decay = max(p.steps * per_iteration - frozen - warmup - 1, 1)  # updates from the end of the warmup to the last
+    end_ratio = p.get("end_lr_ratio", 1.0)
 
     def schedule(count):
         ramp = jnp.minimum(1.0, (count - frozen + 1) / warmup) if warmup > 0 else 1.0
-        return jnp.where(count < frozen, 0.0, learning_rate * ramp)
+        done = jnp.clip((count - frozen - warmup) / decay, 0.0, 1.0)
+        return jnp.where(count < frozen, 0.0, learning_rate * ramp * (1.0 - (1.0 - end_ratio) * done))
     return schedule
 
 
