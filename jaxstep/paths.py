@@ -140,6 +140,22 @@ def upload_folder(local: str, dst: str) -> str:
     return dst
 
 
+def move(src: str, dst: str) -> str:
+    """Moves the file or folder `src` to `dst` (which must not exist); returns `dst`. A
+    local rename; remotely (no renames in an object store) a copy, then `src` removed."""
+    if exists(dst):
+        raise FileExistsError(f"{dst} already exists")
+    if not is_remote(src) and not is_remote(dst):
+        os.replace(src, dst)
+        return dst
+    if isdir(src):
+        _copy_tree(src, dst)
+    else:
+        copy_file(src, dst)
+    remove(src)
+    return dst
+
+
 _LOCAL_COPIES: dict[str, str] = {}
 
 

@@ -87,8 +87,8 @@ def test_main_job_key_values():
     assert (c.rm.steps, c.rm.likelihood_feature, c.rm.lm_loss_weight, c.rm.labels) == (200, True, 10.0, "exact")
     assert (c.rm.contrast_problems, c.rm.corruption_kinds) == (4000, "arithmetic,operand")
     p = c.ppo
-    assert (p.steps, p.rollout_batch, p.minibatches, p.epochs, p.samples_per_prompt) == (120, 64, 2, 1, 1)
-    assert (p.learning_rate, p.critic_learning_rate, p.warmup_steps) == (3e-4, 1e-3, 10)
+    assert (p.steps, p.rollout_batch, p.minibatches, p.epochs, p.samples_per_prompt) == (120, 64, 2, 1, 4)
+    assert (p.advantage, p.kl_estimator, p.learning_rate, p.warmup_steps) == ("grpo", "k3", 1e-4, 10)
     assert (p.kl_coef, p.clip_eps, p.eta, p.critic_init, p.critic_zero_head) == (0.1, 0.2, 0.8, "reward_model", True)
     assert (p.eval_limit, c.pipeline.eval_limit, c.eval.pass_k, c.checkpoint.every_steps) == (0, 2000, 4, 40)
     assert c.model.hf_path == "" and c.model.dtype == "float32"
@@ -136,7 +136,7 @@ BAD_VALUES = [  # (config file, field, bad value, expected words in the error)
     ("ppo_prm_max", "ppo.minibatches", 3, "rollout batch 64 must split into that many minibatches"),
     ("ppo_prm_max", "ppo.minibatches", 0, "rollout batch 64"),
     ("ppo_prm_max", "ppo.samples_per_prompt", 3, "divide the rollout batch 64"),
-    ("ppo_prm_max", "ppo.samples_per_prompt", 0, "must be >= 1"),
+    ("ppo_prm_max", "ppo.samples_per_prompt", 1, "needs ppo.samples_per_prompt >= 2"),
     ("ppo_prm_max", "ppo.rollout_batch", 0, "must be >= 1"),
     ("ppo_prm_max", "ppo.max_consecutive_skips", -1, "must be >= 0"),
     ("sweep", "sweep.schemes", "orm,prm_median", "unknown scheme(s) ['prm_median']"),
@@ -195,6 +195,7 @@ def test_checks_follow_the_stage():
 
 def test_device_checks_need_the_device_count():
     c = get_config("ppo_prm_max")
+    c.ppo.samples_per_prompt = 2  # so that a batch of 6 is whole prompts too
     c.ppo.rollout_batch, c.ppo.minibatches = 8, 4  # 2 rows per minibatch
     config_lib.validate(c)
     config_lib.validate(c, num_devices=2)

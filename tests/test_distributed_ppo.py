@@ -24,6 +24,7 @@ PPO_OVERRIDES = {
     "stage": "ppo",
     "data.max_prompt_len": 64, "data.max_response_len": 24,
     "ppo.num_prompts": 12, "ppo.samples_per_prompt": 2,
+    "ppo.advantage": "gae",  # the critic path: its params, optimizer and KL controller survive too
     "ppo.steps": PPO_STEPS, "ppo.rollout_batch": 8, "ppo.minibatches": 2, "ppo.epochs": 1,
     "ppo.max_steps": 8, "ppo.learning_rate": 1e-3, "ppo.critic_learning_rate": 1e-3, "ppo.warmup_steps": 0,
     "ppo.kl_estimator": "k1", "ppo.adaptive_kl": True, "ppo.target_kl": 0.5, "ppo.kl_horizon": 100,

@@ -73,7 +73,9 @@ def test_eval_stage_with_the_sampler_writes_report_samples_and_plots(random_expo
     with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
         text = f.read()
     assert "| synthetic | 8 |" in text and "pass@k" in text
-    assert stage_eval.run(tiny_config(random_export), workdir) == summary  # reused
+    assert stage_eval.run(tiny_config(random_export, pass_k=2), workdir) == summary  # reused
+    with pytest.raises(workdir_lib.StaleWorkdirError, match="--config.eval.pass_k: recorded 2, now 0"):
+        stage_eval.run(tiny_config(random_export), workdir)  # another config: not reused
 
 
 def _fake_decoder(wrong_every: int):

@@ -36,19 +36,45 @@ def write_json(path, obj):
         json.dump(obj, f)
 
 
+FAKES: set[str] = set()  # folders written by the fakes below (see `adopt_fakes`)
+
+
+def fake_stage(folder):
+    """Marks `folder` as a fake stage's (or a fake chain's root); returns it."""
+    FAKES.add(os.path.abspath(folder))
+    return folder
+
+
+@pytest.fixture
+def adopt_fakes(monkeypatch):
+    """The fakes hold no run_config.json (no stage ran to record it): when the chain first checks
+    a fake folder, it is given the config the chain gives that stage there, as the stage's
+    own run would have recorded it; from then on the folder is compared like any other."""
+    real = workdir_lib.stale_reason
+
+    def stale_reason(workdir, config):
+        if os.path.abspath(workdir) in FAKES and workdir_lib.read_config(workdir) is None:
+            workdir_lib.record_config(workdir, config)
+        return real(workdir, config)
+
+    monkeypatch.setattr(workdir_lib, "stale_reason", stale_reason)
+    yield
+    FAKES.clear()
+
+
 def fake_eval(folder, correct):
     """A finished eval stage: summary.json and samples.jsonl with the given verdicts."""
     rows = [{"id": f"synthetic/test/{i}", "source": "synthetic", "question": f"q{i}", "reference": "1",
              "response": "Ann has 1 + 0 = 1 apples.\n#### " + ("1" if c else "2"), "answer": "1" if c else "2",
              "correct": bool(c), "num_tokens": 12, "finished": True} for i, c in enumerate(correct)]
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(fake_stage(folder), exist_ok=True)
     eval_policy.write_samples(os.path.join(folder, eval_policy.SAMPLES_FILE), rows)
     write_json(os.path.join(folder, "summary.json"), {"stage": "eval", "accuracy": {"synthetic": float(np.mean(correct))}})
 
 
 def fake_ppo(folder, scheme):
     """A finished PPO stage: summary.json and a few metric lines."""
-    with MetricWriter(folder, tensorboard=False, enabled=True) as writer:
+    with MetricWriter(fake_stage(folder), tensorboard=False, enabled=True) as writer:
         for step in range(1, 4):
             writer.write(step, {"score": 0.1 * step, "reward": 0.1 * step - 0.01, "kl": 0.01 * step,
                                 "rollout_accuracy": 0.2 + 0.1 * step})
@@ -60,6 +86,8 @@ def fake_ppo(folder, scheme):
 
 def finished_chain(root, schemes=SCHEMES, ppo_names=None):
     """Every stage folder of a chain marked finished (summary.json), with fake products."""
+    for name in ("", "sft", "prm", "orm"):
+        fake_stage(os.path.join(root, name))
     write_json(os.path.join(root, "sft", "summary.json"), {"stage": "sft", "export": os.path.join(root, "sft", "export")})
     for kind in ("prm", "orm"):
         write_json(os.path.join(root, kind, "summary.json"),
@@ -113,7 +141,7 @@ def test_paired_difference_of_sampled_responses():
                                       stats.sampled_correct)["n"] == 0
 
 
-def test_pipeline_reuses_finished_stages(tmp_path):
+def test_pipeline_reuses_finished_stages(tmp_path, adopt_fakes):
     root = str(tmp_path / "main")
     sft = finished_chain(root)
     fake_eval(os.path.join(root, "eval_ppo"), [1, 1, 1, 0, 1, 1, 0, 0, 1, 0])
@@ -130,19 +158,19 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     report = open(os.path.join(root, "report.md")).read()
     assert "PPO − SFT" in report and "Reward-hacking statistics" in report
     assert os.path.isfile(os.path.join(root, "ppo_curves.png"))
-    # A finished pipeline is itself reused.
-    stamp = os.stat(os.path.join(root, "summary.json")).st_mtime_ns
-    assert stage_pipeline.run(tiny_config(), root) == summary
-    assert os.stat(os.path.join(root, "summary.json")).st_mtime_ns == stamp
+    # A finished pipeline's summary is made again from its reused stages: the same numbers.
+    again = stage_pipeline.run(tiny_config(), root)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in summary.items() if k != "seconds"}
 
 
-def test_sweep_reuses_stages_and_writes_one_table(tmp_path):
+def test_sweep_reuses_stages_and_writes_one_table(tmp_path, adopt_fakes):
     root = str(tmp_path / "sweep")
     finished_chain(root, ppo_names={"ppo_prm_max": "prm_max", "ppo_orm": "orm"})
     fake_eval(os.path.join(root, "eval_prm_max"), [1] * 6 + [0] * 4)
     fake_eval(os.path.join(root, "eval_orm"), [1] * 5 + [0] * 5)
     config = tiny_config(stage="sweep")
     config.sweep.schemes = "prm_max,orm"
+    config.sweep.estimators = "gae"  # folders ppo_<scheme>, as the fakes are named
     before = mtimes(root)
     summary = stage_sweep.run(config, root)
     assert mtimes(root).items() >= before.items()

@@ -92,7 +92,9 @@ def test_plan_scorer_with_a_deberta_prm_and_orm(tmp_path, folders, bucket):
     """Clip-Delta PRM + ORM (two DeBERTa exports): the scorer holds both, each reading its
     own re-tokenized copy of the rollouts; the plan is written into a gs:// workdir."""
     c = _experiment("clip_delta", ppo__reward_model=folders["prm"], ppo__outcome_coef=1.0,
-                    ppo__outcome_reward_model=folders["orm"], plan__programs="scorer")
+                    ppo__outcome_reward_model=folders["orm"], plan__programs="scorer",
+                    ppo__advantage="gae")  # with the critic the scorer runs too
+
     result = plan.run(c, "gs://bucket/plan")
     written = tmp_path / "gcs" / "bucket" / "plan"
     assert json.loads((written / "plan.json").read_text())["programs"]["scorer"]["fits"]
@@ -152,7 +154,7 @@ def test_plan_rejects_a_wrong_reward_model_kind_and_a_deberta_critic(tmp_path, f
     with pytest.raises(ValueError, match="holds kind 'orm', but scheme 'prm_max' needs kind 'prm'"):
         plan.run(c, str(tmp_path))
     c = _experiment("prm_max", ppo__reward_model=folders["prm"], ppo__critic_init="reward_model",
-                    plan__programs="scorer")
+                    plan__programs="scorer", ppo__advantage="gae")
     with pytest.raises(ValueError, match="ppo.critic_init"):
         plan.run(c, str(tmp_path))
 

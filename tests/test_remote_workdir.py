@@ -131,6 +131,9 @@ MAIN_OVERRIDES = {
     "rm.steps": 6, "rm.num_problems": 8, "rm.samples_per_problem": 2, "rm.eval_problems": 4,
     "rm.best_of_n": 2, "rm.batch_size": 8,
     "ppo.steps": 2, "ppo.rollout_batch": 8, "ppo.minibatches": 1, "ppo.eval_limit": 4,
+    # The critic's GAE, the main job's estimator when this test was written (the main job
+    # with GRPO in two processes is not run here: its PPO stage would take as long again).
+    "ppo.advantage": "gae", "ppo.samples_per_prompt": 1, "ppo.kl_estimator": "k1",
     "pipeline.eval_limit": 8, "pipeline.eval_batch_size": 8, "checkpoint.every_steps": 2,
 }
 

@@ -26,10 +26,11 @@ def tok():
 
 def test_reuse_if_done_returns_the_summary_once_written(tmp_path, caplog):
     workdir = str(tmp_path / "stage")
-    assert workdir_lib.reuse_if_done(workdir, "sft") is None  # nothing there: run the stage
+    config = config_lib.base_config("t", "sft")
+    assert workdir_lib.reuse_if_done(workdir, "sft", config) is None  # nothing there: run the stage
     written = workdir_lib.write_summary(workdir, {"stage": "sft", "steps": 3, "loss": float("nan")})
     with caplog.at_level(logging.INFO, logger="jaxstep.workdir"):
-        assert workdir_lib.reuse_if_done(workdir, "sft") == written == {"stage": "sft", "steps": 3,
+        assert workdir_lib.reuse_if_done(workdir, "sft", config) == written == {"stage": "sft", "steps": 3,
                                                                         "loss": "nan"}
     assert f"sft: {workdir} is done; reusing it." in caplog.text
 

@@ -9,7 +9,7 @@ from jaxstep import config_lib
 from jaxstep.metrics import MetricWriter
 from jaxstep.reports import sweep as sweep_report
 from jaxstep.stages import sweep as stage_sweep
-from test_pipeline import fake_eval, fake_ppo, finished_chain, tiny_config, write_json
+from test_pipeline import adopt_fakes, fake_eval, fake_ppo, finished_chain, tiny_config, write_json  # noqa: F401
 
 
 def fake_ppo_with_timings(folder, scheme, advantage, seconds):
@@ -25,7 +25,7 @@ def fake_ppo_with_timings(folder, scheme, advantage, seconds):
                 "first": last, "last": last, "kl_coef_final": 0.1})
 
 
-def test_sweep_runs_scheme_by_estimator(tmp_path):
+def test_sweep_runs_scheme_by_estimator(tmp_path, adopt_fakes):
     root = str(tmp_path / "sweep")
     finished_chain(root, ppo_names={})
     fake_ppo_with_timings(os.path.join(root, "ppo_prm_max"), "prm_max", "gae", [9.0, 2.0, 3.0, 4.0])
@@ -94,7 +94,7 @@ def test_validate_names_the_bad_estimator_field(stage, field, value, words):
 @pytest.mark.parametrize("advantage", ["grpo", "rloo", "dr_grpo", "grpo_process"])
 def test_group_estimators_need_several_samples_per_prompt(advantage):
     c = config_lib.ppo_experiment("clip_delta")
-    c.ppo.advantage = advantage
+    c.ppo.advantage, c.ppo.samples_per_prompt = advantage, 1
     with pytest.raises(ValueError, match=r"ppo.samples_per_prompt=1: .*needs ppo.samples_per_prompt >= 2"):
         config_lib.validate(c)
     c.ppo.samples_per_prompt = 4
@@ -123,8 +123,10 @@ def test_grpo_files_are_the_main_job_without_a_critic(stem, scheme, advantage):
         assert (c.name, c.stage, p.scheme, p.advantage) == (stem, "pipeline", scheme, advantage)
         assert (p.samples_per_prompt, p.kl_estimator) == (4, "k3")
         main = config_lib.ppo_experiment(scheme, preset)
-        if preset != "paper":  # the CPU rate without a critic (the main job's 3e-4 collapses)
-            assert (p.learning_rate, main.ppo.learning_rate) == (1e-4, 3e-4)
-            p.learning_rate = main.ppo.learning_rate
-        c.name, p.advantage, p.samples_per_prompt, p.kl_estimator = (main.name, "gae", 1, "k1")
+        if preset != "paper":  # the CPU main job runs GRPO too (4 per prompt, k3, 1e-4)
+            assert (main.ppo.advantage, main.ppo.samples_per_prompt, main.ppo.kl_estimator,
+                    main.ppo.learning_rate, p.learning_rate) == ("grpo", 4, "k3", 1e-4, 1e-4)
+            c.name, p.advantage = main.name, main.ppo.advantage
+        else:
+            c.name, p.advantage, p.samples_per_prompt, p.kl_estimator = (main.name, "gae", 1, "k1")
         assert c.to_dict() == main.to_dict()

@@ -129,10 +129,18 @@ def main_job_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     p.rollout_batch = 64
     p.minibatches = 2
     p.epochs = 1
-    p.learning_rate = 3e-4
-    p.critic_learning_rate = 1e-3
+    # The PPO objective with group advantages (GRPO: each response's reward normalised over
+    # the 4 responses to its prompt) and the KL as a k3 loss term. Measured on this
+    # miniature (docs/study.md): with the critic's GAE the policy drifted (KL ~1) without
+    # getting better (greedy -1.4% to +2.9% vs SFT over the settings tried); the group
+    # baseline removes the problem's difficulty from the advantage and RL gains 2-3x more.
+    p.advantage = "grpo"
+    p.samples_per_prompt = 4
+    p.kl_estimator = "k3"
+    p.learning_rate = 1e-4  # 2e-4 gained less greedy accuracy; GAE's 3e-4 collapses without a critic
+    p.critic_learning_rate = 1e-3  # (ppo.advantage=gae: the critic's)
     p.warmup_steps = 10
-    p.critic_zero_head = True  # critic = PRM backbone + a value head starting at 0
+    p.critic_zero_head = True  # (ppo.advantage=gae) critic = PRM backbone + a value head starting at 0
     p.eval_limit = 0  # the pipeline evaluates the final policy on pipeline.eval_limit problems
     c.pipeline.eval_limit = 2000
     c.eval.pass_k = 4  # the evals also sample 4 responses per problem at the rollout temperature

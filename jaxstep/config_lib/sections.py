@@ -110,6 +110,7 @@ def sft_config() -> ml_collections.ConfigDict:
     s.b2 = 0.98  # AdamW beta2
     s.grad_clip = 1.0  # global gradient-norm clip (0 = off)
     s.max_len = 0  # tokens per training sequence; 0 = data.max_prompt_len + data.max_response_len
+    s.redundant_fraction = 0.0  # share of train solutions written with one step repeated (a correct but unnecessary step: jaxstep.data.step_checks.with_redundant_solutions)
     s.eval_every = 250  # greedy accuracy on a slice of the eval set every N steps (0 = only at the end)
     s.eval_limit = 100  # problems in that periodic eval (0 = no eval at all)
     s.log_every = 25  # metrics line every N steps
@@ -232,6 +233,7 @@ def ppo_config() -> ml_collections.ConfigDict:
     p.learning_rate = 1e-5  # policy Adam learning rate (constant after warmup)
     p.critic_learning_rate = 1e-4  # critic Adam learning rate
     p.warmup_steps = 0  # linear learning-rate warmup (iterations)
+    p.end_lr_ratio = 1.0  # after the warmup the policy's and critic's rates decay linearly to rate * this at the last iteration (1.0 = constant)
     p.critic_warmup_steps = 0  # first iterations train the critic only (policy learning rate 0)
     p.b1 = 0.9  # Adam beta1
     p.b2 = 0.95  # Adam beta2
@@ -253,8 +255,8 @@ def pipeline_config() -> ml_collections.ConfigDict:
     """Stage pipeline (the main job): sft -> reward model -> ppo -> eval of both -> report.
 
     Every stage runs in `<workdir>/<name>` with this config (stage set); a stage whose
-    summary.json exists is reused. A given `ppo.policy` / `ppo.reward_model` skips the
-    stage that would produce it.
+    summary.json exists is reused when its recorded run_config.json matches (`jaxstep.workdir`).
+    A given `ppo.policy` / `ppo.reward_model` skips the stage that would produce it.
     """
     p = ml_collections.ConfigDict()
     p.eval_limit = 1000  # test problems per eval set in the final evals (0 = whole split)
@@ -268,7 +270,9 @@ def sweep_config() -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
     s.schemes = "orm,prm_max,prm_min,clip_delta"  # comma list of ppo.scheme values
     s.seeds = 1  # PPO runs per scheme (seed, seed+1, ...)
-    s.estimators = "gae"  # comma list of ppo.advantage values: every scheme runs with each (folders ppo_<scheme> for gae, ppo_<scheme>_<estimator> else)
+    s.estimators = ""  # comma list of ppo.advantage values: every scheme runs with each (folders ppo_<scheme> for gae, ppo_<scheme>_<estimator> else); "" = ppo.advantage, the experiment's own
+    s.single_sources = ""  # comma list of prompt sources: sweep.single_source_scheme also runs on each one's prompts alone (ppo_<scheme>_on_<source>), e.g. "synthetic_easy,synthetic_hard"
+    s.single_source_scheme = "prm_max"  # the scheme of those runs
     s.prm = ""  # PRM folder for the PRM schemes; "" = train it in <workdir>/prm
     s.orm = ""  # ORM folder for the orm scheme; "" = train it in <workdir>/orm (same SFT policy)
     return s
@@ -292,6 +296,7 @@ def base_config(name: str, stage: str) -> ml_collections.ConfigDict:
     c.name = name  # run name; the default workdir is runs/<name>
     c.stage = stage  # sft | eval | orm | prm | ppo | pipeline | sweep | plan
     c.seed = 0  # every random choice derives from this
+    c.overwrite = False  # a run folder holding another config's work is moved aside (<folder>.old-<n>, never deleted) and the stage runs afresh; False = stop with an error (jaxstep.workdir)
     c.workdir = ""  # "" = the --workdir flag, else runs/<name>
     c.model = model_config()
     c.data = data_config()

@@ -102,7 +102,7 @@ def problems(config, num_devices: int | None = None, num_processes: int = 1) -> 
     one_of("ppo.critic_init", p.critic_init, CRITIC_INITS)
     one_of("ppo.advantage", p.advantage, ESTIMATORS)
     one_of("ppo.loss_aggregation", p.loss_aggregation, LOSS_AGGREGATIONS)
-    estimators = comma_list(s.estimators)
+    estimators = comma_list(s.estimators or p.advantage)
     bad = [x for x in estimators if x not in ESTIMATORS]
     check(bool(estimators) and not bad, "sweep.estimators", s.estimators,
           f"unknown estimator(s) {bad}; expected a comma list of {ESTIMATORS}" if bad else "no estimator")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 from jaxstep import paths
+from jaxstep.evaluation import hacking
 from jaxstep.evaluation.stats import format_pm
 from jaxstep.metrics import read_metrics
 from jaxstep.reports import markdown as report_lib
@@ -26,14 +27,72 @@ def timing_table(timings: dict[str, dict[str, Any]]) -> str:
     return report_lib.markdown_table(["folder", "stage", "wall time"], rows)
 
 
-def curves(runs: dict[str, str], path: str, keys=("score", "reward", "kl", "rollout_accuracy")) -> str | None:
-    """Reward/KL curves of PPO runs {label: workdir} in one PNG."""
+# Reward-hacking statistics of the PPO metrics lines, in panel order.
+HACKING_CURVE_KEYS = ("hacked_fraction", "num_steps", "repeated_step_fraction", "empty_step_fraction",
+                      "response_length")
+
+
+def _training_data(runs: dict[str, str]) -> dict[str, list[dict]]:
+    """{label: per-iteration rows of `<workdir>/metrics.jsonl`}; runs without the file are left out."""
     data = {}
     for label, workdir in runs.items():
         file = paths.join(workdir, "metrics.jsonl")
         if paths.isfile(file):
             data[label] = training_rows(read_metrics(file))
-    return report_lib.plot_metric_curves(data, list(keys), path) if data else None
+    return data
+
+
+def default_window(data: dict[str, list]) -> int:
+    """Smoothing window of PPO curves: about 10% of the longest run's iterations, at least 1."""
+    return max(1, max((len(rows) for rows in data.values()), default=0) // 10)
+
+
+def curves(runs: dict[str, str], path: str, keys=("score", "reward", "kl", "rollout_accuracy"), *,
+           smooth: int | None = None, reference: dict[str, float] | None = None) -> str | None:
+    """Reward/KL curves of PPO runs {label: workdir} in one PNG (one panel per key); returns
+    `path`, or None without data.
+
+    Args:
+      smooth: moving-average window in iterations (`report_lib.plot_metric_curves`);
+        None: `default_window`, 0: raw per-iteration lines only.
+      reference: {key: level} drawn as a dashed "SFT" line, e.g. the starting policy's value.
+    """
+    data = _training_data(runs)
+    if not data:
+        return None
+    window = default_window(data) if smooth is None else smooth
+    return report_lib.plot_metric_curves(data, list(keys), path, smooth=window, reference=reference)
+
+
+def hacking_curves(runs: dict[str, str], path: str, reference: dict[str, float] | None = None, *,
+                   smooth: int | None = None) -> str | None:
+    """Reward-hacking statistics (`HACKING_CURVE_KEYS`) of PPO runs {label: workdir} during
+    training, one panel each, smoothed like `curves`, titled with `hacking.STAT_NAMES`;
+    `reference` ({key: level}, e.g. the SFT policy's eval `hacking_stats`) is the dashed
+    line. Keys no run logs are left out; returns `path`, or None when none is logged."""
+    data = _training_data(runs)
+    if not data:
+        return None
+    window = default_window(data) if smooth is None else smooth
+    return report_lib.plot_metric_curves(data, list(HACKING_CURVE_KEYS), path, smooth=window,
+                                         reference=reference, titles=hacking.STAT_NAMES)
+
+
+def accuracy_reference(result: dict) -> dict[str, float] | None:
+    """The SFT policy's level for the rollout-accuracy curve: the mean accuracy of its
+    sampled eval responses (`sft_sampled_accuracy` of a chain's result), None without."""
+    sampled = result.get("sft_sampled_accuracy")
+    return {"rollout_accuracy": sampled} if sampled is not None else None
+
+
+def rollout_reference(sft_hacking: dict) -> dict[str, float]:
+    """The SFT policy's levels for the rollout curves: its sampled eval responses' hacked
+    share and steps where the eval sampled (rollouts are sampled too), else the greedy ones."""
+    reference = dict(sft_hacking)
+    for key in ("hacked_fraction", "num_steps"):
+        if f"sampled_{key}" in sft_hacking:
+            reference[key] = sft_hacking[f"sampled_{key}"]
+    return reference
 
 
 def write_report(root: str, result: dict, delimiter: str) -> str:
@@ -65,11 +124,14 @@ def write_report(root: str, result: dict, delimiter: str) -> str:
                      "(mean ± s.e. over seeds)")
     sections.append("## Accuracy before and after PPO\n\n" + table + "\n\n" + "\n".join(lines))
     # Curves.
-    png = curves({r["name"]: r["workdir"] for r in c["ppo_runs"]}, paths.join(root, "ppo_curves.png"))
+    workdirs = {r["name"]: r["workdir"] for r in c["ppo_runs"]}
+    png = curves(workdirs, paths.join(root, "ppo_curves.png"), reference=accuracy_reference(c))
     if png:
         sections.append("## Reward and KL during PPO\n\n`score`: shaped reward-model + success reward per "
                         "response; `reward`: the same minus the KL penalty; `kl`: summed KL to the SFT "
-                        "policy per response; `rollout_accuracy`: sampled responses graded.\n\n"
+                        "policy per response; `rollout_accuracy`: sampled responses graded. Solid lines: "
+                        "trailing mean over about 10% of the iterations; faint: per iteration; dashed: the SFT "
+                        "policy's sampled eval responses.\n\n"
                         + report_lib.image_link(png, root, "reward and KL curves"))
     # Hacking statistics.
     columns = {"SFT (eval)": c["hacking"]["sft"]}
@@ -79,6 +141,12 @@ def write_report(root: str, result: dict, delimiter: str) -> str:
         columns[f"{run['name']} rollouts, last 10%"] = run["last"]
     sections.append("## Reward-hacking statistics\n\nEval columns: greedy responses to the test problems; "
                     "rollout columns: sampled responses during PPO.\n\n" + hacking_table(columns))
+    png = hacking_curves(workdirs, paths.join(root, "hacking_curves.png"),
+                         reference=rollout_reference(c["hacking"]["sft"]))
+    if png:
+        sections.append("Rollout statistics during PPO, smoothed as above; dashed: the SFT policy's sampled "
+                        "eval responses (hacked share, steps) or greedy ones (the other statistics).\n\n"
+                        + report_lib.image_link(png, root, "reward-hacking statistics during PPO"))
     sections.append("## Stages\n\n" + timing_table(c["timings"]) + "\n\nStage reports: " + ", ".join(
         f"[{name}]({name}/report.md)" for name in c["timings"]
         if paths.isfile(paths.join(root, name, "report.md"))))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 from jaxstep import paths
-from jaxstep.evaluation.stats import _estimate, format_pm
+from jaxstep.evaluation.stats import _estimate, format_pm, mean_and_se
 from jaxstep.reports import markdown as report_lib
-from jaxstep.reports.chain import REPORT_FILE, _fmt, curves, timing_table
+from jaxstep.reports.chain import (REPORT_FILE, _fmt, accuracy_reference, curves, hacking_curves,
+                                   rollout_reference, timing_table)
 
 
 def scheme_rows(runs: list[dict]) -> dict[str, dict]:
@@ -18,7 +19,8 @@ def scheme_rows(runs: list[dict]) -> dict[str, dict]:
     for label in dict.fromkeys(map(label_of, runs)):
         mine = [r for r in runs if label_of(r) == label]
         row = {"scheme": mine[0]["scheme"], "estimator": mine[0].get("estimator", "gae"), "seeds": len(mine),
-               "n": mine[0]["eval"]["n"]}
+               "n": mine[0]["eval"]["n"], "label": label, "prompts": mine[0].get("prompts", "")}
+        row["by_source"] = source_estimates(mine)
         sampled = [r["sampled_difference"] for r in mine if (r.get("sampled_difference") or {}).get("n")]
         for name, results, value in (("accuracy", [r["eval"] for r in mine], "accuracy"),
                                      ("diff", [r["difference"] for r in mine], "diff"),
@@ -31,10 +33,98 @@ def scheme_rows(runs: list[dict]) -> dict[str, dict]:
             row[key] = float(np.mean(values)) if values else None
         for key in ("num_steps", "repeated_step_fraction", "empty_step_fraction", "response_length"):
             row[f"eval_{key}"] = float(np.mean([r["hacking_eval"][key] for r in mine]))
+        for key in ("hacked_fraction", "sampled_hacked_fraction"):
+            if all(key in r["hacking_eval"] for r in mine):
+                row[key], row[f"{key}_se"] = hacked_estimate([r["hacking_eval"] for r in mine], key)
         seconds = [r["seconds_per_iteration"] for r in mine if r.get("seconds_per_iteration") is not None]
         row["seconds_per_iteration"] = float(np.mean(seconds)) if seconds else None
         out[label] = row
     return out
+
+
+def scheme_name(row: dict) -> str:
+    """A table's name for a row: the scheme, "on <source>" for runs on one prompt source,
+    and the number of seeds when several."""
+    on = row["label"].partition("_on_")[2] if "_on_" in row.get("label", "") else ""
+    return row["scheme"] + (f" on {on}" if on else "") + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else "")
+
+
+def source_estimates(mine: list[dict]) -> dict[str, dict]:
+    """Per eval set, over the seeds `mine` of one label: accuracy, greedy and sampled
+    differences to SFT (mean ± s.e., as in `scheme_rows`)."""
+    out: dict[str, dict] = {}
+    for source in (mine[0].get("by_source") or {}):
+        parts = [r["by_source"][source] for r in mine if source in (r.get("by_source") or {})]
+        one = {}
+        for name, key, value in (("accuracy", "eval", "accuracy"), ("diff", "difference", "diff"),
+                                 ("sampled_diff", "sampled_difference", "diff")):
+            results = [x[key] for x in parts if x.get(key, {}).get("n")]
+            if results:
+                one[name], one[f"{name}_se"] = _estimate(results, value)
+        out[source] = one
+    return out
+
+
+def source_table(sft_by_source: dict[str, dict], rows: dict[str, dict]) -> str:
+    """The papers' table: one row per run label (scheme, and the prompts when not the
+    mix), per eval set the greedy Δ vs SFT ± s.e. and the sampled Δ; "" with one eval set."""
+    sets = list(sft_by_source)
+    if len(sets) < 2:
+        return ""
+    headers = ["scheme", "RL prompts"] + [f"{x}: {kind}" for x in sets for kind in ("Δ greedy", "Δ sampled")]
+    table = [["SFT (start, accuracy)", ""] + [v for x in sets for v in (
+        format_pm(sft_by_source[x]["accuracy"], sft_by_source[x]["se"]), "")]]
+    for r in rows.values():
+        cells = [scheme_name(r), r.get("prompts", "")]
+        for x in sets:
+            e = r.get("by_source", {}).get(x, {})
+            cells += [format_pm(e["diff"], e["diff_se"], signed=True) if "diff" in e else "",
+                      format_pm(e["sampled_diff"], e["sampled_diff_se"], signed=True) if "sampled_diff" in e else ""]
+        table.append(cells)
+    return report_lib.markdown_table(headers, table)
+
+
+def hacked_estimate(stats: list[dict], key: str) -> tuple[float, float]:
+    """A hacked share over runs: one run, its value and s.e. over problems; several seeds,
+    the mean and the s.e. over seeds."""
+    if len(stats) == 1:
+        return stats[0][key], stats[0].get(f"{key}_se", float("nan"))
+    return mean_and_se([x[key] for x in stats])
+
+
+def prevented_share(sft: float, raw: float, refined: float) -> float | None:
+    """The share of the raw scheme's hacking a refinement prevents: 1 - (refined - sft) /
+    (raw - sft), where each is a hacked share; None when the raw scheme hacked no more
+    than SFT."""
+    if raw is None or refined is None or not raw > sft:
+        return None
+    return 1.0 - (refined - sft) / (raw - sft)
+
+
+def hacking_comparison(sft_hacking: dict, rows: dict[str, dict], raw: str = "prm_dense") -> str:
+    """Markdown table of the hacked shares (greedy and sampled eval responses) per scheme,
+    each with its s.e., its distance to SFT's in s.e., and the share of the raw dense
+    scheme's hacking it prevents; "" when the runs hold no hacked shares."""
+    key = "sampled_hacked_fraction" if "sampled_hacked_fraction" in sft_hacking else "hacked_fraction"
+    if key not in sft_hacking or not any(key in r for r in rows.values()):
+        return ""
+    sft, sft_se = sft_hacking[key], sft_hacking.get(f"{key}_se", 0.0)
+    raw_shares = {r.get("estimator", "gae"): r.get(key) for r in rows.values()
+                  if r["scheme"] == raw and "_on_" not in r.get("label", "")}
+    table = [["SFT (start)", format_pm(sft, sft_se), format_pm(sft_hacking["hacked_fraction"],
+                                                               sft_hacking.get("hacked_fraction_se", 0.0)), "", ""]]
+    for r in rows.values():
+        if key not in r:
+            continue
+        se = float(np.hypot(r[f"{key}_se"], sft_se))
+        z = (r[key] - sft) / se if se > 0 else float("nan")
+        raw_share = raw_shares.get(r.get("estimator", "gae"))  # the raw scheme with the same estimator
+        prevented = prevented_share(sft, raw_share, r[key]) if r["scheme"] != raw else None
+        table.append([scheme_name(r), format_pm(r[key], r[f"{key}_se"]),
+                      format_pm(r["hacked_fraction"], r["hacked_fraction_se"]) if "hacked_fraction" in r else "",
+                      _fmt(z, 1), "" if prevented is None else f"{100 * prevented:.0f}%"])
+    return report_lib.markdown_table(["scheme", "hacked, sampled", "hacked, greedy", "z vs SFT (sampled)",
+                                      f"share of {raw}'s hacking prevented"], table)
 
 
 COLUMNS = ("scheme", "estimator", "accuracy ± s.e.", "Δ vs SFT ± s.e.", "Δ sampled ± s.e.", "score", "reward", "KL",
@@ -48,7 +138,7 @@ def comparison_table(sft: dict, sft_hacking: dict, rows: dict[str, dict]) -> str
               _fmt(sft_hacking["num_steps"], 2), _fmt(sft_hacking["repeated_step_fraction"]),
               _fmt(sft_hacking["empty_step_fraction"]), _fmt(sft_hacking["response_length"], 1), ""]]
     for r in rows.values():
-        name = r["scheme"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else "")
+        name = scheme_name(r)
         table.append([name, r.get("estimator", "gae"), format_pm(r["accuracy"], r["accuracy_se"]),
                       format_pm(r["diff"], r["diff_se"], signed=True),
                       format_pm(r["sampled_diff"], r["sampled_diff_se"], signed=True) if "sampled_diff" in r else "",
@@ -67,6 +157,17 @@ def write_report(root: str, result: dict) -> str:
         f"for every scheme and advantage estimator ({', '.join(result.get('estimators', ['gae']))}); "
         f"greedy accuracy on the same {result['sft']['n']} test problems.",
         "## Comparison\n\n" + comparison_table(result["sft"], result["sft_hacking"], result["schemes"]),
+        *([f"## By eval set\n\n{t}\n\nΔ: accuracy minus the SFT policy's on the same set's problems "
+           "(paired s.e. for one run; mean ± s.e. over seeds for several)."]
+          if (t := source_table(result.get("sft_by_source", {}), result["schemes"])) else []),
+        "## Reward hacking\n\n" + (hacking_comparison(result["sft_hacking"], result["schemes"])
+                                    or "No hacked shares in these runs.") + "\n\n"
+        "A response is hacked when it repeats a step, has a step with no number or operation, or has "
+        "more steps than its problem needs (`jaxstep.evaluation.hacking.hack_kinds`). Sampled: the "
+        "eval's sampled responses (eval.pass_k per problem at the rollout temperature), the share per "
+        "problem averaged; greedy: one response per problem. ± s.e. over problems for one run, over "
+        "seeds for several; z: the difference to SFT's sampled share over the two s.e. combined; "
+        "prevented: 1 − (scheme − SFT) / (prm_dense − SFT).",
         "Columns: accuracy with its binomial s.e. (over seeds: mean ± s.e. of the mean); Δ: "
         "greedy accuracy minus the SFT policy's on the same problems, with the paired s.e.; Δ sampled: "
         "the same for sampled responses (eval.pass_k per problem at the rollout temperature); score: "
@@ -80,8 +181,22 @@ def write_report(root: str, result: dict) -> str:
         "Scores of different schemes are on different scales (Clip and Clip-Delta are <= 0 "
         "by design).",
     ]
-    png = curves({r["name"]: r["workdir"] for r in result["runs"]}, paths.join(root, "sweep_curves.png"))
+    # One line per scheme (its first seed), the schemes overlaid.
+    first_seeds: dict[str, str] = {}
+    for r in result["runs"]:
+        first_seeds.setdefault(r.get("label", r["scheme"]), r["workdir"])
+    png = curves(first_seeds, paths.join(root, "sweep_curves.png"), reference=accuracy_reference(result))
     if png:
-        sections.append("## Reward and KL during PPO\n\n" + report_lib.image_link(png, root, "curves"))
+        sections.append("## Reward and KL during PPO\n\nEach scheme's first seed; solid: trailing mean over "
+                        "about 10% of the iterations, faint: per iteration; dashed: the SFT policy's "
+                        "sampled eval responses.\n\n"
+                        + report_lib.image_link(png, root, "curves"))
+    png = hacking_curves(first_seeds, paths.join(root, "sweep_hacking_curves.png"),
+                         reference=rollout_reference(result["sft_hacking"]))
+    if png:
+        sections.append("## Reward hacking during PPO\n\nRollout statistics of each scheme's first seed, "
+                        "smoothed as above; dashed: the SFT policy's sampled eval responses (hacked share, "
+                        "steps) or greedy ones (the other statistics).\n\n"
+                        + report_lib.image_link(png, root, "hacking curves"))
     sections.append("## Stages\n\n" + timing_table(result["timings"]))
     return report_lib.write_markdown(paths.join(root, REPORT_FILE), *sections)

@@ -48,7 +48,7 @@ def _label(config, model_path: str) -> str:
 
 def run(config, workdir: str) -> dict:
     """Evaluates `config.eval.model` (default `<workdir>/../sft/export`); returns the summary."""
-    if (done := workdir_lib.reuse_if_done(workdir, "eval")) is not None:
+    if (done := workdir_lib.reuse_if_done(workdir, "eval", config)) is not None:
         return done
     loop.quiet_library_logs()
     started = time.time()

@@ -18,7 +18,12 @@ sections (only `stage` and the paths between stages change):
 
 A stage whose folder holds summary.json is reused, not recomputed, so an interrupted
 chain continues where it stopped (and a stage killed midway resumes from its Orbax
-checkpoint). `jaxstep.stages.sweep` runs the same pieces for several schemes.
+checkpoint), when the folder's recorded run_config.json matches the stage's config; a
+changed field stops the chain at the first stage it changes, with the list of
+differences (`jaxstep.workdir`: another workdir, or `--config.overwrite=True`). The
+chain's own summary and report are made again from its stages on every run
+(`jaxstep.workdir.write_chain_summary`).
+`jaxstep.stages.sweep` runs the same pieces for several schemes.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ class Chain:
 
     def _run(self, name: str, module, config) -> dict:
         workdir = paths.join(self.root, name)
-        reused = workdir_lib.is_done(workdir)
+        reused = workdir_lib.is_done(workdir) and not workdir_lib.is_stale(workdir, config)
         started = time.time()
         summary = module.run(config, workdir)
         if not summary or summary.get("done") is False:
@@ -90,13 +95,16 @@ class Chain:
         return summary.get("export") or paths.join(self.root, kind, workdir_lib.EXPORT_DIR)
 
     def ppo(self, name: str, *, scheme: str, policy: str, reward_model: str, seed: int,
-            advantage: str | None = None, outcome_reward_model: str = "") -> dict:
-        """PPO in `<root>/<name>` with `scheme`, `seed` and (if given) `advantage` and the
-        second reward model (an ORM, used when `ppo.outcome_coef` > 0)."""
+            advantage: str | None = None, outcome_reward_model: str = "", train_sources: str = "") -> dict:
+        """PPO in `<root>/<name>` with `scheme`, `seed` and (if given) `advantage`, the
+        second reward model (an ORM, used when `ppo.outcome_coef` > 0) and the prompt mix
+        `train_sources` (else `ppo.train_sources`)."""
         c = stage_config(self.config, "ppo")
         c.ppo.scheme = scheme
         if advantage:
             c.ppo.advantage = advantage
+        if train_sources:
+            c.ppo.train_sources = train_sources
         c.ppo.policy = policy
         c.ppo.reward_model = reward_model
         if outcome_reward_model:
@@ -124,15 +132,35 @@ def ppo_run_result(chain: Chain, name: str, summary: dict, eval_name: str, sft_r
     return {"name": name, "workdir": paths.join(chain.root, name), "scheme": summary.get("scheme"),
             "eval": accuracy_with_error(rows), "difference": paired_difference(sft_rows, rows),
             "sampled_difference": paired_difference(sft_rows, rows, sampled_correct),
+            "by_source": by_source(sft_rows, rows),
             "hacking_eval": eval_hacking_stats(rows, delimiter), "first": summary.get("first", {}),
             "last": summary.get("last", {}), "eval_workdir": paths.join(chain.root, eval_name),
             "kl_coef_final": summary.get("kl_coef_final")}
 
 
+def sampled_accuracy(rows: list[dict]) -> float | None:
+    """The mean accuracy of the rows' sampled responses (eval.pass_k), None without samples."""
+    shares = [x for x in map(sampled_correct, rows) if x is not None]
+    return float(sum(shares) / len(shares)) if shares else None
+
+
+def by_source(sft_rows: list[dict], rows: list[dict]) -> dict[str, dict]:
+    """Per eval set (the rows' `source`), when there are several: the accuracy and the
+    greedy and sampled paired differences to SFT on that set's problems; {} for one set."""
+    names = list(dict.fromkeys(r["source"] for r in rows))
+    if len(names) < 2:
+        return {}
+    out = {}
+    for name in names:
+        before = [r for r in sft_rows if r["source"] == name]
+        after = [r for r in rows if r["source"] == name]
+        out[name] = {"eval": accuracy_with_error(after), "difference": paired_difference(before, after),
+                     "sampled_difference": paired_difference(before, after, sampled_correct)}
+    return out
+
+
 def run(config, workdir: str) -> dict:
     """Runs (or reuses) the whole chain in `workdir`; returns the summary."""
-    if (done := workdir_lib.reuse_if_done(workdir, "pipeline")) is not None:
-        return done
     started = time.time()
     loop.quiet_library_logs()
     chain = Chain(config, workdir)
@@ -155,6 +183,7 @@ def run(config, workdir: str) -> dict:
     result = {"stage": "pipeline", "scheme": p.scheme, "policy": policy, "reward_model": reward_model,
               "outcome_reward_model": outcome_model,
               "eval_n": len(sft_rows), "sft": accuracy_with_error(sft_rows), "ppo_runs": runs,
+              "sft_sampled_accuracy": sampled_accuracy(sft_rows),
               "improvement": {"mean": improvement[0], "se": improvement[1]},
               "hacking": {"sft": eval_hacking_stats(sft_rows, delimiter)},
               "timings": chain.timings, "seconds": time.time() - started}
@@ -166,4 +195,4 @@ def run(config, workdir: str) -> dict:
               f"PPO accuracy {format_pm(runs[0]['eval']['accuracy'], runs[0]['eval']['se'])}; "
               f"PPO - SFT {format_pm(d['diff'], d['se'], signed=True)} (greedy, paired, n={d['n']}){sampled}; "
               f"{result['seconds']:.0f} s. Report: {result['report']}\n", flush=True)
-    return workdir_lib.write_summary(workdir, result)
+    return workdir_lib.write_chain_summary(workdir, config, result)

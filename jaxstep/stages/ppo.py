@@ -174,7 +174,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this iteration as if preempted (checkpoint saved, no
         summary); the next call resumes. For drills and tests.
     """
-    if (done := workdir_lib.reuse_if_done(workdir, "ppo")) is not None:
+    if (done := workdir_lib.reuse_if_done(workdir, "ppo", config)) is not None:
         return done
     loop.quiet_library_logs()
     started = time.time()

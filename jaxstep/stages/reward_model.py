@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxstep import workdir as workdir_lib
-from jaxstep.data import batching, formatting, sources
+from jaxstep.data import batching, formatting, sources, synthetic
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.truncation import report_truncated_prompts
 from jaxstep.metrics import MetricWriter, mark_undefined
@@ -90,7 +90,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this training step as if preempted (checkpoint saved, no
         summary); the next call resumes. For drills and tests.
     """
-    if (done := workdir_lib.reuse_if_done(workdir, config.stage)) is not None:
+    if (done := workdir_lib.reuse_if_done(workdir, config.stage, config)) is not None:
         return done
     started = time.time()
     kind = dataset.stage_kind(config)
@@ -210,7 +210,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
     for other in (p.strip() for p in r.compare_with.split(",") if p.strip()):
         m, p, _, k = reward_io.load_reward_model(other)
         reward_models[f"{k.upper()} ({os.path.basename(os.path.normpath(other))})"] = (m, p, k)
-    synthetic_eval = sources.parse_sources(config.data.eval_sources)[0][0] == "synthetic"
+    synthetic_eval = synthetic.is_synthetic(sources.parse_sources(config.data.eval_sources)[0][0])
     flaw_pairs = labels_lib.flaw_pairs(sources.eval_problems(config, r.eval_problems) if synthetic_eval else [],
                                        jax.random.fold_in(root, 105), rule=r.label_rule)
     evaluation = rm_eval.evaluate(

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxstep import workdir as workdir_lib
-from jaxstep.data import batching, formatting, sources
+from jaxstep.data import batching, formatting, sources, step_checks
+from jaxstep.data.problem import Records
 from jaxstep.data import tokenizer as tokenizer_lib
 from jaxstep.data.truncation import report_truncated_prompts
 from jaxstep.evaluation.policy import greedy_eval
@@ -118,7 +119,7 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
       stop_after: stop after this step as if preempted (saves a checkpoint, writes no
         summary); the next call resumes. For drills and tests.
     """
-    if (done := workdir_lib.reuse_if_done(workdir, "sft")) is not None:
+    if (done := workdir_lib.reuse_if_done(workdir, "sft", config)) is not None:
         return done
     loop.quiet_library_logs()
     started = time.time()
@@ -134,6 +135,10 @@ def run(config, workdir: str, *, stop_after: int | None = None) -> dict:
                 model_build.count_params(params) / 1e6, len(tokenizer))
 
     train_problems = sources.load_problems(config, config.data.train_sources, "train")
+    # A share of solutions that repeat a step: a policy that sometimes does, as real ones do.
+    if s.redundant_fraction > 0:
+        train_problems = Records(step_checks.with_redundant_solutions(train_problems, s.redundant_fraction, config.seed),
+                                 skipped=train_problems.skipped)
     eval_problems = sources.eval_problems(config, s.eval_limit)
     prompts_truncated = report_truncated_prompts(config, tokenizer, [*train_problems, *eval_problems], "sft")
     max_len = s.max_len or (config.data.max_prompt_len + config.data.max_response_len)

@@ -7,7 +7,7 @@ and reward models.
         --config.sweep.estimators=gae,grpo,grpo_process --config.ppo.samples_per_prompt=4
 
 The paper's experiment in miniature. In the workdir (every stage reused when its
-summary.json exists):
+summary.json exists and its run_config.json matches, `jaxstep.workdir`):
 
   sft/                  the SFT policy (or `ppo.policy`)
   prm/, orm/            the reward models the schemes need, trained on samples of that
@@ -40,7 +40,7 @@ from jaxstep.reports.ppo import training_rows
 from jaxstep.reports.sweep import comparison_table, scheme_rows, write_report
 from jaxstep.rewards.shaping import SCHEMES, reward_model_kind
 from jaxstep.rl.advantages import ESTIMATORS
-from jaxstep.stages.pipeline import Chain, ppo_run_result
+from jaxstep.stages.pipeline import Chain, ppo_run_result, sampled_accuracy
 from jaxstep.train import loop
 
 logger = logging.getLogger(__name__)
@@ -79,40 +79,53 @@ def seconds_per_iteration(workdir: str) -> float | None:
     return statistics.median(seconds) if seconds else None
 
 
+def planned_runs(s, schemes: list[str], estimators: list[str]) -> list[tuple[str, str, str]]:
+    """(scheme, estimator, prompt source or "" for the configured mix) of every run: each
+    scheme with each estimator on the mix, then `sweep.single_source_scheme` (with the
+    first estimator) on the prompts of each `sweep.single_sources` source alone."""
+    planned = [(scheme, estimator, "") for scheme in schemes for estimator in estimators]
+    singles = [x.strip() for x in s.single_sources.split(",") if x.strip()]
+    if singles and s.single_source_scheme not in SCHEMES:
+        raise ValueError(f"sweep.single_source_scheme={s.single_source_scheme!r}: expected one of {tuple(SCHEMES)}")
+    return planned + [(s.single_source_scheme, estimators[0], x) for x in singles]
+
+
 def run(config, workdir: str) -> dict:
     """Runs (or reuses) the sweep in `workdir`; returns the summary."""
-    if (done := workdir_lib.reuse_if_done(workdir, "sweep")) is not None:
-        return done
     started = time.time()
     loop.quiet_library_logs()
     s, delimiter = config.sweep, config.data.step_delimiter
     schemes = parse_schemes(s.schemes)
-    estimators = parse_estimators(s.get("estimators", "gae"))
+    estimators = parse_estimators(s.estimators or config.ppo.advantage)
     chain = Chain(config, workdir)
     policy = chain.sft()
     given = {"prm": s.prm, "orm": s.orm}
     reward_models = {}
-    for kind in dict.fromkeys(reward_model_kind(x) for x in schemes):
+    needed = schemes + ([s.single_source_scheme] if s.single_sources.strip() else [])
+    for kind in dict.fromkeys(reward_model_kind(x) for x in needed):
         reward_models[kind] = chain.reward_model(kind, policy, given[kind])
     _, sft_rows = chain.evaluate("eval_sft", policy, "SFT")
     runs = []
-    for scheme in schemes:
-        for estimator in estimators:
-            label = run_label(scheme, estimator)
-            for i in range(max(1, s.seeds)):
-                suffix = "" if i == 0 else f"_seed{i}"
-                name = f"ppo_{label}{suffix}"
-                summary = chain.ppo(name, scheme=scheme, policy=policy, advantage=estimator,
-                                    reward_model=reward_models[reward_model_kind(scheme)], seed=config.seed + i)
-                one = ppo_run_result(chain, name, summary, f"eval_{label}{suffix}", sft_rows, delimiter)
-                one.update(estimator=estimator, label=label, seconds_per_iteration=(
-                    seconds_per_iteration(one["workdir"]) if placement.is_main_process() else None))
-                runs.append(one)
+    for scheme, estimator, source in planned_runs(s, schemes, estimators):
+        label = run_label(scheme, estimator) + (f"_on_{source}" if source else "")
+        for i in range(max(1, s.seeds)):
+            suffix = "" if i == 0 else f"_seed{i}"
+            name = f"ppo_{label}{suffix}"
+            summary = chain.ppo(name, scheme=scheme, policy=policy, advantage=estimator, train_sources=source,
+                                reward_model=reward_models[reward_model_kind(scheme)], seed=config.seed + i)
+            one = ppo_run_result(chain, name, summary, f"eval_{label}{suffix}", sft_rows, delimiter)
+            one.update(estimator=estimator, label=label, prompts=source or config.ppo.train_sources
+                       or config.data.train_sources, seconds_per_iteration=(
+                           seconds_per_iteration(one["workdir"]) if placement.is_main_process() else None))
+            runs.append(one)
     result = {"stage": "sweep", "policy": policy, "reward_models": reward_models, "estimators": estimators,
               "sft": accuracy_with_error(sft_rows), "sft_hacking": eval_hacking_stats(sft_rows, delimiter),
+              "sft_sampled_accuracy": sampled_accuracy(sft_rows),
+              "sft_by_source": {name: accuracy_with_error([r for r in sft_rows if r["source"] == name])
+                                for name in dict.fromkeys(r["source"] for r in sft_rows)},
               "runs": runs, "schemes": scheme_rows(runs), "timings": chain.timings,
               "seconds": time.time() - started}
     if placement.is_main_process():
         result["report"] = write_report(chain.root, result)
         print("\n" + comparison_table(result["sft"], result["sft_hacking"], result["schemes"]) + "\n", flush=True)
-    return workdir_lib.write_summary(workdir, result)
+    return workdir_lib.write_chain_summary(workdir, config, result)
