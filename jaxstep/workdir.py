@@ -10,8 +10,10 @@ A folder is reused (done) or resumed (checkpoints, cached data) only when its re
 run_config.json equals the new config in every field that determines the stage's
 result: the whole config except `EXCLUDED_FIELDS` (run name, workdir, `overwrite`,
 `*.log_every`, `checkpoint.every_steps`/`keep`, `eval.plots`, how the processes connect,
-`plan.*`) and, where no eval samples (`eval.pass_k` = 0) or in a stage that runs no
-final eval, `EVAL_BATCH_FIELDS`. Otherwise the stage stops before any work with a
+`plan.*`), where no eval samples (`eval.pass_k` = 0) or in a stage that runs no
+final eval `EVAL_BATCH_FIELDS`, and in every stage but the chains `CHAIN_FIELDS`
+(`pipeline.*`, `sweep.*`). The chains' own summaries are never reused but made again from
+their stages (`write_chain_summary`). Otherwise the stage stops before any work with a
 `StaleWorkdirError` listing the differing fields; a folder with work but no
 run_config.json (an older jaxstep's) is treated the same. The ways on: another
 `--workdir`, or `--config.overwrite=True`, which moves the folder aside

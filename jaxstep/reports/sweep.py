@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from jaxstep import paths
-from jaxstep.evaluation.stats import _estimate, format_pm, mean_and_se
+from jaxstep.evaluation.stats import _estimate, format_pm
 from jaxstep.reports import markdown as report_lib
 from jaxstep.reports.chain import (REPORT_FILE, _fmt, accuracy_reference, curves, hacking_curves,
                                    rollout_reference, timing_table)
@@ -87,9 +87,7 @@ def source_table(sft_by_source: dict[str, dict], rows: dict[str, dict]) -> str:
 def hacked_estimate(stats: list[dict], key: str) -> tuple[float, float]:
     """A hacked share over runs: one run, its value and s.e. over problems; several seeds,
     the mean and the s.e. over seeds."""
-    if len(stats) == 1:
-        return stats[0][key], stats[0].get(f"{key}_se", float("nan"))
-    return mean_and_se([x[key] for x in stats])
+    return _estimate([{key: x[key], "se": x.get(f"{key}_se", float("nan"))} for x in stats], key)
 
 
 def prevented_share(sft: float, raw: float, refined: float) -> float | None:
